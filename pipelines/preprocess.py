@@ -1,0 +1,21 @@
+"""Clean, validate, split and tokenize the dataset; open the pipeline's MLflow run.
+
+    python pipelines/preprocess.py                       # default experiment (sst2_minilm)
+    python pipelines/preprocess.py experiment=smoke      # any preset, any override
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from tuneship.errors import exit_on_user_error
+from tuneship.stages import run_stages
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    print(run_stages(cfg, ("preprocess",))["preprocess"])
+
+
+if __name__ == "__main__":
+    main()

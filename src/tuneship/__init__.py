@@ -1,0 +1,1 @@
+"""Tuneship: the lifecycle of a fine-tuned language model."""

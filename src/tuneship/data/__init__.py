@@ -1,0 +1,1 @@
+"""Stage 1: load, clean, validate, split, tokenize and fingerprint a dataset."""

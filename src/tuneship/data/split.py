@@ -1,0 +1,25 @@
+"""Deterministic, stratified train/validation/test splits."""
+
+from __future__ import annotations
+
+import datasets
+
+
+def stratified_subsample(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
+    """Keep `n` rows with the label proportions of `ds` (all of them if n is None or too big)."""
+    if n is None or n >= len(ds):
+        return ds
+    return ds.train_test_split(train_size=n, stratify_by_column="label", seed=seed)["train"]
+
+
+def split(ds: datasets.Dataset, validation_size: float, test_size: float,
+          seed: int) -> datasets.DatasetDict:
+    """Carve test, then validation, out of `ds` with a fixed seed; labels keep their balance."""
+    first = ds.train_test_split(test_size=test_size, stratify_by_column="label", seed=seed)
+    rest = first["train"]
+    second = rest.train_test_split(
+        test_size=validation_size / (1 - test_size), stratify_by_column="label", seed=seed
+    )
+    return datasets.DatasetDict(
+        train=second["train"], validation=second["test"], test=first["test"]
+    )

@@ -1,0 +1,130 @@
+"""The promote stage and rollback: move the `champion` alias, record why and from where."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from tuneship.config import EvalConfig, RegistryConfig, section
+from tuneship.data.preprocess import load_prepared
+from tuneship.errors import TuneshipError
+from tuneship.evaluation import report
+from tuneship.registry.gate import Decision, decide
+from tuneship.registry.tracking import connect
+
+log = logging.getLogger(__name__)
+HISTORY_TAG = "tuneship.champion_history"
+
+
+def run(cfg: DictConfig) -> dict:
+    """Judge the challenger against the gate; promote it to champion when it passes."""
+    reg = section(cfg, "registry", RegistryConfig)
+    client = connect(reg)
+    challenger = by_alias(client, reg.model_name, reg.challenger_alias)
+    if challenger is None:
+        raise TuneshipError(f"{reg.model_name} has no @{reg.challenger_alias}: register a model first")
+    champion = by_alias(client, reg.model_name, reg.champion_alias)
+    if champion is not None and champion.version == challenger.version:
+        raise TuneshipError(f"version {challenger.version} is already @{reg.champion_alias}")
+    metric = reg.gate.metric
+    score = _recorded(challenger, metric)
+    champion_score = None
+    if champion is not None:
+        champion_score = _champion_score(cfg, champion, challenger, metric)
+    decision = decide(reg.gate, score, champion_score)
+    _record(client, reg, challenger, champion, decision)
+    return {"version": challenger.version, "passed": decision.passed, "reason": decision.reason,
+            "champion_before": champion.version if champion else None}
+
+
+def rollback(cfg: DictConfig) -> dict:
+    """Move `champion` back to the version it held before the current one."""
+    reg = section(cfg, "registry", RegistryConfig)
+    client = connect(reg)
+    history = _history(client, reg.model_name)
+    if len(history) < 2:
+        raise TuneshipError(f"{reg.model_name}: no earlier champion to roll back to "
+                            f"(history: {history or 'empty'})")
+    current, previous = history[-1], history[-2]
+    client.set_registered_model_alias(reg.model_name, reg.champion_alias, previous)
+    client.set_model_version_tag(reg.model_name, current, "tuneship.rolled_back", "true")
+    client.set_registered_model_tag(reg.model_name, HISTORY_TAG, json.dumps(history[:-1]))
+    log.info("rolled back @%s: version %s -> %s", reg.champion_alias, current, previous)
+    return {"from": current, "to": previous}
+
+
+def by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version holding `alias`, or None (also when the model is not registered yet)."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _recorded(version: ModelVersion, metric: str) -> float:
+    try:
+        return float(version.tags[f"metric.{metric}"])
+    except KeyError:
+        raise TuneshipError(f"version {version.version} has no recorded '{metric}': the gate "
+                            f"metric must be one of eval.metrics") from None
+
+
+def _champion_score(cfg: DictConfig, champion: ModelVersion, challenger: ModelVersion,
+                    metric: str) -> float:
+    """The champion's score on the challenger's test set (re-scored if the data differ)."""
+    if champion.tags.get("data_fingerprint") == challenger.tags.get("data_fingerprint"):
+        return _recorded(champion, metric)
+    log.info("champion v%s was tested on other data: scoring it on this test split",
+             champion.version)
+    return rescore(cfg, champion, metric)
+
+
+def rescore(cfg: DictConfig, version: ModelVersion, metric: str) -> float:
+    """Score a registered version on `<work_dir>/data`'s test split through its pyfunc."""
+    ev = section(cfg, "eval", EvalConfig)
+    prepared = load_prepared(Path(cfg.paths.work_dir) / "data")
+    test, names = prepared.splits["test"], prepared.stats["label_names"]
+    model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+    predicted = model.predict(list(test["text"]))["label"].tolist()
+    unknown = set(predicted) - set(names)
+    if unknown:
+        raise TuneshipError(f"champion v{version.version} predicts labels {sorted(unknown)} that "
+                            f"this dataset does not have: the two cannot be compared")
+    preds = np.array([names.index(p) for p in predicted])
+    return report.overall([metric], np.asarray(test["label"]), preds, ev.average)[metric]
+
+
+def _record(client: MlflowClient, reg: RegistryConfig, challenger: ModelVersion,
+            champion: ModelVersion | None, decision: Decision) -> None:
+    name, version = reg.model_name, challenger.version
+    tags = {"gate.decision": "passed" if decision.passed else "failed",
+            "gate.reason": decision.reason,
+            "gate.champion_version": champion.version if champion else "none"}
+    if decision.champion_score is not None:
+        tags["gate.champion_score"] = f"{decision.champion_score:.6f}"
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    if not decision.passed:
+        log.warning("gate FAILED for %s v%s: %s (stays @%s)", name, version, decision.reason,
+                    reg.challenger_alias)
+        return
+    client.set_registered_model_alias(name, reg.champion_alias, version)
+    client.delete_registered_model_alias(name, reg.challenger_alias)
+    if champion is not None:
+        client.set_model_version_tag(name, version, "tuneship.previous_champion", champion.version)
+    history = _history(client, name)
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, version]))
+    log.info("gate passed: %s v%s is now @%s (%s)", name, version, reg.champion_alias,
+             decision.reason)
+
+
+def _history(client: MlflowClient, name: str) -> list[str]:
+    return json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))

@@ -1,0 +1,92 @@
+"""One MLflow run per pipeline execution, shared by its stages through `<work_dir>/run.json`.
+
+The preprocess stage opens a new run; later stages (in the same process or run alone) reopen it.
+A run left RUNNING by a killed process is marked FAILED when the next pipeline starts, and the
+new run is tagged with the run it follows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from tuneship.config import RegistryConfig
+from tuneship.errors import TuneshipError
+
+log = logging.getLogger(__name__)
+RUN_FILE = "run.json"
+
+
+def connect(reg: RegistryConfig) -> MlflowClient:
+    """Point MLflow at the configured store and make sure the experiment exists."""
+    mlflow.set_tracking_uri(reg.tracking_uri)
+    if reg.tracking_uri.startswith("sqlite:///"):
+        Path(reg.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient()
+    try:
+        if client.get_experiment_by_name(reg.experiment) is None:
+            local = "://" not in reg.tracking_uri or reg.tracking_uri.startswith("sqlite")
+            location = Path(reg.artifact_location).as_uri() if local and reg.artifact_location else None
+            with contextlib.suppress(MlflowException):  # created meanwhile by a parallel run
+                client.create_experiment(reg.experiment, artifact_location=location)
+        mlflow.set_experiment(reg.experiment)
+    except MlflowException as err:
+        raise TuneshipError(f"MLflow store at {reg.tracking_uri} is not usable: {err}") from None
+    return client
+
+
+def start_pipeline_run(reg: RegistryConfig, work_dir: Path, run_name: str) -> str:
+    """Open a new run for this pipeline execution and record its id in `work_dir`."""
+    client = connect(reg)
+    previous = _previous_run(work_dir)
+    tags = {"tuneship.work_dir": str(work_dir)}
+    if previous and _mark_killed(client, previous):
+        tags["tuneship.follows_failed_run"] = previous
+    run = client.create_run(mlflow.get_experiment_by_name(reg.experiment).experiment_id,
+                            run_name=run_name, tags=tags)
+    client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / RUN_FILE).write_text(json.dumps({"run_id": run.info.run_id}))
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(reg: RegistryConfig, work_dir: Path, stage: str) -> Iterator[mlflow.ActiveRun]:
+    """Reopen the pipeline's run for one stage; a stage that raises leaves it FAILED."""
+    connect(reg)
+    run_id = _previous_run(work_dir)
+    if run_id is None:
+        raise TuneshipError(f"no pipeline run recorded in {work_dir / RUN_FILE}: "
+                            "run the preprocess stage (or pipelines/run.py) first")
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    with mlflow.start_run(run_id=run_id) as run:
+        mlflow.set_tag("tuneship.last_stage", stage)
+        yield run
+
+
+def _previous_run(work_dir: Path) -> str | None:
+    path = work_dir / RUN_FILE
+    return json.loads(path.read_text())["run_id"] if path.is_file() else None
+
+
+def _mark_killed(client: MlflowClient, run_id: str) -> bool:
+    """A run still RUNNING when a new pipeline starts was killed: mark it FAILED."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return False
+    if run.info.status != "RUNNING":
+        return run.info.status == "FAILED"
+    client.set_tag(run_id, "tuneship.failure", "interrupted (process ended without closing it)")
+    client.set_terminated(run_id, "FAILED")
+    log.warning("run %s was left RUNNING by a killed process: marked FAILED", run_id)
+    return True

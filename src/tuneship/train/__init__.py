@@ -1,0 +1,1 @@
+"""Stage 2: fine-tune with `transformers.Trainer` (checkpoints, resume, early stopping)."""

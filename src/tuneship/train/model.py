@@ -1,0 +1,55 @@
+"""Build tokenizers and models from config: a local folder, an installed package or a config dict."""
+
+from __future__ import annotations
+
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from tuneship.config import ModelConfig
+from tuneship.errors import TuneshipError
+from tuneship.settings import resolve_model_path
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer of `model.tokenizer` (default: the pretrained model's own)."""
+    source = resolve_model_path(cfg.tokenizer or cfg.pretrained)
+    try:
+        return AutoTokenizer.from_pretrained(source, revision=cfg.revision)
+    except OSError as err:
+        raise TuneshipError(f"cannot load a tokenizer from '{source}': {err}") from None
+
+
+def label_maps(label_names: list[str]) -> dict:
+    """`id2label` / `label2id` so the saved model and pipelines speak label names."""
+    return {"id2label": dict(enumerate(label_names)),
+            "label2id": {name: i for i, name in enumerate(label_names)}}
+
+
+def build_classifier(cfg: ModelConfig, label_names: list[str],
+                     vocab_size: int | None = None) -> PreTrainedModel:
+    """A sequence classifier: pretrained weights with a new head, or random init from a config."""
+    maps = label_maps(label_names)
+    if cfg.from_config:
+        spec = dict(cfg.from_config)
+        config = AutoConfig.for_model(spec.pop("model_type"), num_labels=len(label_names),
+                                      vocab_size=vocab_size, **maps, **spec)
+        return AutoModelForSequenceClassification.from_config(config)
+    source = resolve_model_path(cfg.pretrained)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            source, revision=cfg.revision, num_labels=len(label_names), **maps
+        )
+    except OSError as err:
+        raise TuneshipError(f"cannot load model '{source}': {err}") from None
+
+
+def freeze_embeddings(model: PreTrainedModel) -> int:
+    """Freeze the input embedding matrix; return how many parameters stop training."""
+    weights = model.get_input_embeddings().weight
+    weights.requires_grad_(False)
+    return weights.numel()
