@@ -22,7 +22,7 @@ skip() { echo "container engine: NOT installed (${missing[*]}): $*" >&2; exit 0;
 command -v apt-get >/dev/null || skip "no apt-get (not Debian/Ubuntu); install podman or Docker yourself"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null && sudo -n true 2>/dev/null || skip "need root or passwordless sudo"
+  { command -v sudo >/dev/null && sudo -n true 2>/dev/null; } || skip "need root or passwordless sudo"
   SUDO="sudo -n"
 fi
 

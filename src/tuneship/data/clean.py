@@ -9,6 +9,8 @@ from typing import Any
 
 import datasets
 
+from tuneship.data.columns import column
+
 _TAG = re.compile(r"<[^>]{1,200}>")
 _SPACE = re.compile(r"\s+")
 
@@ -36,7 +38,7 @@ def clean(ds: datasets.Dataset, opts: dict[str, Any], min_chars: int,
     counts = {"dropped_empty": before - len(ds), "dropped_duplicates": 0}
     if drop_duplicates:
         seen: set[str] = set()
-        keep = [i for i, t in enumerate(ds["text"]) if not (t in seen or seen.add(t))]
+        keep = [i for i, t in enumerate(column(ds, "text")) if not (t in seen or seen.add(t))]
         counts["dropped_duplicates"] = len(ds) - len(keep)
         ds = ds.select(keep)
     return ds, counts

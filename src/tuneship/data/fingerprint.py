@@ -6,6 +6,8 @@ import hashlib
 
 import datasets
 
+from tuneship.data.columns import column
+
 
 def fingerprint(splits: datasets.DatasetDict, extra: str = "") -> str:
     """SHA-256 over split names, texts and labels (first 16 hex digits)."""
@@ -13,7 +15,7 @@ def fingerprint(splits: datasets.DatasetDict, extra: str = "") -> str:
     for name in sorted(splits):
         split = splits[name]
         digest.update(f"\x1e{name}".encode())
-        labels = split["label"] if "label" in split.column_names else [None] * len(split)
-        for text, label in zip(split["text"], labels, strict=True):
+        labels = column(split, "label") if "label" in split.column_names else [None] * len(split)
+        for text, label in zip(column(split, "text"), labels, strict=True):
             digest.update(f"{text}\x1f{label}\x1d".encode())
     return digest.hexdigest()[:16]

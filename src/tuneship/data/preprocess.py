@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tuneship.config import DataConfig
 from tuneship.data import clean, load, split, tokenize, validate
+from tuneship.data.columns import column
 from tuneship.data.fingerprint import fingerprint
 
 STATS_FILE = "stats.json"
@@ -32,8 +33,8 @@ def prepare(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int,
     """Run every step in memory; raise `TuneshipError` on bad data."""
     raw = load.load_raw(cfg.source, cfg.format, cache_dir)
     validate.require_columns(raw, [cfg.text_column, cfg.label_column], cfg.source)
-    label_names = cfg.label_names or sorted({str(v) for v in raw[cfg.label_column]})
-    labels = validate.encode_labels(raw[cfg.label_column], label_names, cfg.label_column,
+    label_names = cfg.label_names or sorted({str(v) for v in column(raw, cfg.label_column)})
+    labels = validate.encode_labels(column(raw, cfg.label_column), label_names, cfg.label_column,
                                     cfg.source)
     ds = raw.select_columns([cfg.text_column]).rename_column(cfg.text_column, "text")
     ds = ds.add_column("label", labels)
@@ -67,7 +68,7 @@ def _split(ds: datasets.Dataset, cfg: DataConfig, seed: int) -> datasets.Dataset
 
 
 def _counts(ds: datasets.Dataset, names: list[str]) -> dict[str, int]:
-    counted = Counter(ds["label"])
+    counted = Counter(column(ds, "label"))
     return {name: counted.get(i, 0) for i, name in enumerate(names)}
 
 

@@ -6,6 +6,8 @@ import datasets
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from tuneship.data.columns import column
+
 
 def tokenize(splits: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase,
              max_length: int) -> datasets.DatasetDict:
@@ -21,7 +23,7 @@ def tokenize(splits: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase,
 
 def length_stats(splits: datasets.DatasetDict, max_length: int) -> dict[str, float]:
     """Token-length figures of the train split, and how many rows were truncated."""
-    lengths = np.asarray(splits["train"]["length"])
+    lengths = np.asarray(column(splits["train"], "length"))
     return {
         "tokens_mean": round(float(lengths.mean()), 2),
         "tokens_p95": float(np.percentile(lengths, 95)),

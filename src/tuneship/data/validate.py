@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import datasets
 
+from tuneship.data.columns import column
+
 from tuneship.errors import TuneshipError
 
 
@@ -64,7 +66,7 @@ def require_rows(ds: datasets.Dataset, what: str) -> None:
 def require_disjoint(splits: datasets.DatasetDict) -> None:
     """No text appears in two splits (train/test leakage)."""
     names = list(splits)
-    texts = {name: set(splits[name]["text"]) for name in names}
+    texts = {name: set(column(splits[name], "text")) for name in names}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             shared = texts[a] & texts[b]

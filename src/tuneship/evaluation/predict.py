@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
 
+from tuneship.data.columns import column
 from tuneship.train.device import pick_device
 
 
@@ -19,7 +20,7 @@ def predict_proba(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     model.to(device).eval()
     features = split.select_columns(["input_ids", "attention_mask"])
     # Sort by length so each batch pads little; restore the order at the end.
-    order = np.argsort(split["length"], kind="stable")
+    order = np.argsort(column(split, "length"), kind="stable")
     loader = DataLoader(features.select(order), batch_size=batch_size,
                         collate_fn=DataCollatorWithPadding(tokenizer))
     probs = [torch.softmax(model(**{k: v.to(device) for k, v in batch.items()}).logits.float(),

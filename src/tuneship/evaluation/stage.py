@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tuneship.config import EvalConfig, RegistryConfig, section
+from tuneship.data.columns import column
 from tuneship.data.preprocess import load_prepared
 from tuneship.errors import TuneshipError
 from tuneship.evaluation import report
@@ -33,7 +34,8 @@ def run(cfg: DictConfig) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     test = prepared.splits["test"]
     probs = predict_proba(model, tokenizer, test, ev.batch_size)
-    result = build_report(ev, np.asarray(test["label"]), probs, test["text"],
+    result = build_report(ev, np.asarray(column(test, "label")), probs,
+                          column(test, "text"),
                           prepared.stats["label_names"], cfg.seed, work_dir / "eval")
     result["data_fingerprint"] = prepared.stats["fingerprint"]
     (work_dir / "eval" / REPORT_FILE).write_text(json.dumps(result, indent=2))

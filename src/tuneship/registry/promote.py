@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from tuneship.config import EvalConfig, RegistryConfig, section
+from tuneship.data.columns import column
 from tuneship.data.preprocess import load_prepared
 from tuneship.errors import TuneshipError
 from tuneship.evaluation import report
@@ -93,13 +94,13 @@ def rescore(cfg: DictConfig, version: ModelVersion, metric: str) -> float:
     prepared = load_prepared(Path(cfg.paths.work_dir) / "data")
     test, names = prepared.splits["test"], prepared.stats["label_names"]
     model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
-    predicted = model.predict(list(test["text"]))["label"].tolist()
+    predicted = model.predict(column(test, "text"))["label"].tolist()
     unknown = set(predicted) - set(names)
     if unknown:
         raise TuneshipError(f"champion v{version.version} predicts labels {sorted(unknown)} that "
                             f"this dataset does not have: the two cannot be compared")
     preds = np.array([names.index(p) for p in predicted])
-    return report.overall([metric], np.asarray(test["label"]), preds, ev.average)[metric]
+    return report.overall([metric], np.asarray(column(test, "label")), preds, ev.average)[metric]
 
 
 def _record(client: MlflowClient, reg: RegistryConfig, challenger: ModelVersion,

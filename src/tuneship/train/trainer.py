@@ -81,7 +81,8 @@ def build_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sp
         model=model,
         args=args,
         train_dataset=splits["train"],
-        eval_dataset=splits["validation"],
+        # Sorted by length: evaluation batches then pad little (order does not change scores).
+        eval_dataset=splits["validation"].sort("length"),
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
         compute_metrics=classification_metrics(),
