@@ -30,8 +30,8 @@ class DataConfig(_Section):
     unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD", None] = "NFKC"
     min_chars: int = Field(1, ge=0)
     drop_duplicates: bool = True
-    validation_size: float = Field(0.05, gt=0, lt=1)
-    test_size: float = Field(0.05, gt=0, lt=1)
+    validation_size: float = Field(0.05, gt=0, le=0.5)
+    test_size: float = Field(0.05, gt=0, le=0.5)
     max_rows: int | None = Field(None, gt=0)
     max_train_samples: int | None = Field(None, gt=0)
     max_length: int = Field(128, gt=0, le=8192)
@@ -39,8 +39,8 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _splits_leave_train(self) -> DataConfig:
-        if self.validation_size + self.test_size >= 0.9:
-            raise ValueError("validation_size + test_size must leave at least 10% for training")
+        if self.validation_size + self.test_size > 0.8:
+            raise ValueError("validation_size + test_size must leave at least 20% for training")
         return self
 
 

@@ -50,10 +50,11 @@ def load_raw(source: str, fmt: str | None, cache_dir: str | None) -> datasets.Da
             _BUILDERS[fmt], data_files={"train": str(path)}, split="train",
             cache_dir=cache_dir, **_builder_kwargs(fmt),
         )
-    except UnicodeDecodeError as err:
-        raise TuneshipError(f"{path} is not valid UTF-8 (byte {err.start}): re-encode it") from None
     except Exception as err:  # parsers raise many types; the cause is what the user needs
         cause = err.__cause__ or err
+        if isinstance(cause, UnicodeDecodeError):
+            raise TuneshipError(f"{path} is not valid UTF-8 (byte {cause.start}): re-encode it "
+                                "as UTF-8") from None
         raise TuneshipError(f"could not read {path} as {fmt}: {type(cause).__name__}: {cause}") from None
     if len(loaded) == 0:
         raise TuneshipError(f"{path} holds no rows")

@@ -36,7 +36,9 @@ def prepare(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int,
     label_names = cfg.label_names or sorted({str(v) for v in column(raw, cfg.label_column)})
     labels = validate.encode_labels(column(raw, cfg.label_column), label_names, cfg.label_column,
                                     cfg.source)
-    ds = raw.select_columns([cfg.text_column]).rename_column(cfg.text_column, "text")
+    ds = raw.select_columns([cfg.text_column])
+    if cfg.text_column != "text":
+        ds = ds.rename_column(cfg.text_column, "text")
     ds = ds.add_column("label", labels)
     rows_raw = len(ds)
     opts = {"strip_html": cfg.strip_html, "unicode_form": cfg.unicode_form,

@@ -42,8 +42,8 @@ def run(cfg: DictConfig) -> dict:
         champion_score = _champion_score(cfg, champion, challenger, metric)
     decision = decide(reg.gate, score, champion_score)
     _record(client, reg, challenger, champion, decision)
-    return {"version": challenger.version, "passed": decision.passed, "reason": decision.reason,
-            "champion_before": champion.version if champion else None}
+    return {"version": str(challenger.version), "passed": decision.passed,
+            "reason": decision.reason, "champion_before": str(champion.version) if champion else None}
 
 
 def rollback(cfg: DictConfig) -> dict:
@@ -105,10 +105,10 @@ def rescore(cfg: DictConfig, version: ModelVersion, metric: str) -> float:
 
 def _record(client: MlflowClient, reg: RegistryConfig, challenger: ModelVersion,
             champion: ModelVersion | None, decision: Decision) -> None:
-    name, version = reg.model_name, challenger.version
+    name, version = reg.model_name, str(challenger.version)
     tags = {"gate.decision": "passed" if decision.passed else "failed",
             "gate.reason": decision.reason,
-            "gate.champion_version": champion.version if champion else "none"}
+            "gate.champion_version": str(champion.version) if champion else "none"}
     if decision.champion_score is not None:
         tags["gate.champion_score"] = f"{decision.champion_score:.6f}"
     for key, value in tags.items():
@@ -120,7 +120,8 @@ def _record(client: MlflowClient, reg: RegistryConfig, challenger: ModelVersion,
     client.set_registered_model_alias(name, reg.champion_alias, version)
     client.delete_registered_model_alias(name, reg.challenger_alias)
     if champion is not None:
-        client.set_model_version_tag(name, version, "tuneship.previous_champion", champion.version)
+        client.set_model_version_tag(name, version, "tuneship.previous_champion",
+                                     str(champion.version))
     history = _history(client, name)
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, version]))
     log.info("gate passed: %s v%s is now @%s (%s)", name, version, reg.champion_alias,

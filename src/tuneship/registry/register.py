@@ -8,7 +8,6 @@ from pathlib import Path
 
 import mlflow
 import transformers
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
@@ -42,9 +41,7 @@ def run(cfg: DictConfig) -> dict:
             transformers_model=pipe,
             name="model",
             task="text-classification",
-            signature=infer_signature(
-                INPUT_EXAMPLE, mlflow.transformers.generate_signature_output(pipe, INPUT_EXAMPLE)),
-            input_example=INPUT_EXAMPLE,
+            input_example=INPUT_EXAMPLE,  # MLflow infers the signature from it
             pip_requirements=pinned(),
             registered_model_name=reg.model_name,
             metadata={"label_names": stats["label_names"], **lineage},

@@ -1,0 +1,341 @@
+"""Load test of the serving bento: adaptive batching on, off, and a plain FastAPI baseline.
+
+    make bento experiment=smoke
+    BENTOML_HOME=bentoml_home .venv/bin/python benchmarks/serve_load.py --model tuneship-smoke
+    BENTOML_HOME=bentoml_home .venv/bin/python benchmarks/serve_load.py \
+        --model tuneship-sst2_minilm --duration 15          # the MiniLM champion
+
+Each server runs alone on a free loopback port and is stopped before the next starts:
+1. `bentoml serve <model>:latest` (the built bento), batching on;
+2. the same bento with TUNESHIP_BATCHING=0 (each request is its own forward pass);
+3. a hand-written FastAPI app calling `transformers.pipeline` on the same model files.
+Clients are asyncio + aiohttp on the same machine (they share its cores), closed loop: each of
+`c` clients sends one request (`--texts` texts from SST-2) as soon as its last one returns.
+(Not httpx: its connection pool is the bottleneck at c=32, ~90 req/s against a no-op server
+on 2 cores where aiohttp does ~900.)
+Prints throughput, p50/p99 latency and errors per concurrency, then time-to-ready and RSS
+(the server's whole process tree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import aiohttp
+import httpx
+import psutil
+from pydantic import BaseModel, Field
+
+ROOT = Path(__file__).resolve().parents[1]
+SST2 = Path(os.environ.get("TUNESHIP_DATA_DIR", ROOT.parent / "shared" / "data")) / "sst2"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "BENTOML_DO_NOT_TRACK": "true"}
+
+
+class BaselineRequest(BaseModel):
+    """The baseline's request body (module level: FastAPI must resolve the annotation)."""
+
+    texts: list[str] = Field(min_length=1, max_length=64)
+
+
+@dataclass
+class Phase:
+    """One closed-loop run at a fixed concurrency."""
+
+    variant: str
+    concurrency: int
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+    errors: Counter = field(default_factory=Counter)
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: int) -> float:
+        if len(self.latencies_ms) < 2:
+            return self.latencies_ms[0] if self.latencies_ms else float("nan")
+        return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[q - 1]
+
+
+@dataclass
+class Server:
+    """Start-up figures of one server variant."""
+
+    variant: str
+    ready_s: float
+    rss_ready_mb: float
+    rss_loaded_mb: float = 0.0
+    processes: int = 0
+
+
+# --- load ---------------------------------------------------------------------------------------
+
+
+async def drive(url: str, texts: list[str], per_request: int, concurrency: int,
+                seconds: float, variant: str) -> Phase:
+    """`concurrency` clients, each sending its next request when the last one answered."""
+    phase = Phase(variant, concurrency)
+    rng = random.Random(concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
+        start = time.perf_counter()
+        deadline = start + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                body = {"texts": rng.sample(texts, per_request)}
+                t0 = time.perf_counter()
+                try:
+                    async with session.post("/classify", json=body) as response:
+                        await response.read()
+                        ok = response.status == 200
+                        if not ok:
+                            phase.errors[str(response.status)] += 1
+                except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+                    ok = False
+                    phase.errors[type(err).__name__] += 1
+                if ok:
+                    phase.latencies_ms.append((time.perf_counter() - t0) * 1000)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        phase.seconds = time.perf_counter() - start
+    return phase
+
+
+# --- servers ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tree_rss_mb(pid: int) -> tuple[float, int]:
+    """Resident memory of a process and all its descendants (MiB), and how many there are."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0, 0
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += proc.memory_info().rss
+    return total / 2**20, len(procs)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> float:
+    """Seconds until GET /readyz answers 200 (raises if the server dies or times out)."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return time.perf_counter() - start
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (it was started in its own session), then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], env: dict[str, str], port: int, log: Path, timeout: float,
+            variant: str):
+    """Start a server, yield (url, Server figures) once ready, stop it afterwards."""
+    url = f"http://127.0.0.1:{port}"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env={**os.environ, **OFFLINE, **env}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+    try:
+        ready = wait_ready(url, proc, timeout)
+        rss, _ = tree_rss_mb(proc.pid)
+        server = Server(variant, ready, rss)
+        yield url, server
+        server.rss_loaded_mb, server.processes = tree_rss_mb(proc.pid)
+    finally:
+        stop(proc)
+
+
+def bento_command(bento: str, port: int) -> list[str]:
+    return [str(Path(sys.executable).with_name("bentoml")), "serve", bento,
+            "--host", "127.0.0.1", "--port", str(port)]
+
+
+def baseline_command(model_dir: str, tokenizer_dir: str, port: int) -> list[str]:
+    return [sys.executable, __file__, "--baseline-server", "--model-dir", model_dir,
+            "--tokenizer-dir", tokenizer_dir, "--port", str(port)]
+
+
+def serve_baseline(model_dir: str, tokenizer_dir: str, port: int) -> None:
+    """The hand-written baseline: FastAPI + transformers.pipeline, one request per call."""
+    import transformers
+    import uvicorn
+    from fastapi import FastAPI
+
+    pipe = transformers.pipeline("text-classification", model=model_dir, tokenizer=tokenizer_dir)
+    app = FastAPI()
+
+    @app.get("/readyz")
+    def readyz() -> dict:
+        return {"ok": True}
+
+    @app.post("/classify")
+    def classify(request: BaselineRequest) -> dict:  # sync: FastAPI runs it in its thread pool
+        return {"predictions": pipe(request.texts, truncation=True)}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def model_files(bento_tag: str) -> tuple[str, str]:
+    """The model and tokenizer folders of the model a built bento serves."""
+    import bentoml
+
+    bento = bentoml.get(bento_tag)
+    model = bentoml.models.get(bento.info.args["model_tag"])
+    files = model.info.metadata["transformers"]
+    return model.path_of(files["model"]), model.path_of(files["tokenizer"])
+
+
+# --- run and report -----------------------------------------------------------------------------
+
+
+def load_texts(limit: int = 5000) -> list[str]:
+    """SST-2 sentences (the serving data), or synthetic ones if the dataset is absent."""
+    path = SST2 / "train.tsv"
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()[1 : limit + 1]
+        return [line.split("\t")[0] for line in lines if line.strip()]
+    words = ["the", "film", "is", "a", "gripping", "dull", "funny", "slow", "sharp", "mess"]
+    rng = random.Random(0)
+    return [" ".join(rng.choices(words, k=rng.randint(4, 30))) for _ in range(limit)]
+
+
+def measure(variant: str, cmd: list[str], env: dict[str, str], port: int,
+            args: argparse.Namespace, texts: list[str]) -> tuple[list[Phase], Server]:
+    log = args.log_dir / f"{variant}.log"
+    phases: list[Phase] = []
+    print(f"-- {variant}: starting (log {log})", flush=True)
+    with running(cmd, env, port, log, args.ready_timeout, variant) as (url, server):
+        warm = asyncio.run(drive(url, texts, args.texts, 8, args.warmup, variant))
+        print(f"   ready in {server.ready_s:.1f} s, warm-up {len(warm.latencies_ms)} requests",
+              flush=True)
+        for concurrency in args.concurrency:
+            phase = asyncio.run(drive(url, texts, args.texts, concurrency, args.duration,
+                                      variant))
+            phases.append(phase)
+            print(f"   c={concurrency:<3} {phase.throughput:8.1f} req/s  "
+                  f"p50 {phase.percentile(50):7.1f} ms  p99 {phase.percentile(99):7.1f} ms  "
+                  f"errors {sum(phase.errors.values())}", flush=True)
+    return phases, server
+
+
+def report(phases: list[Phase], servers: list[Server], per_request: int) -> str:
+    lines = ["| variant | c | req/s | texts/s | p50 ms | p99 ms | errors | requests |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in phases:
+        errors = sum(p.errors.values())
+        detail = f" ({dict(p.errors)})" if errors else ""
+        lines.append(f"| {p.variant} | {p.concurrency} | {p.throughput:.1f} | "
+                     f"{p.throughput * per_request:.1f} | {p.percentile(50):.1f} | "
+                     f"{p.percentile(99):.1f} | {errors}{detail} | {len(p.latencies_ms)} |")
+    lines += ["", "| variant | ready s | RSS at ready MiB | RSS after load MiB | processes |",
+              "|---|---:|---:|---:|---:|"]
+    lines += [f"| {s.variant} | {s.ready_s:.1f} | {s.rss_ready_mb:.0f} | {s.rss_loaded_mb:.0f} "
+              f"| {s.processes} |" for s in servers]
+    by = {(p.variant, p.concurrency): p.throughput for p in phases}
+    ratios = []
+    for c in sorted({p.concurrency for p in phases}):
+        on, off, base = (by.get((v, c)) for v in ("bentoml-batching", "bentoml-no-batching",
+                                                   "fastapi-pipeline"))
+        if on and off and base:
+            ratios.append(f"c={c}: batching on/off {on / off:.2f}x, on/fastapi {on / base:.2f}x")
+    return "\n".join([*lines, "", *ratios])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tuneship-smoke",
+                        help="registered model name = bento name (make bento experiment=...)")
+    parser.add_argument("--bento", help="bento tag (default: <model>:latest)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per level")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up at c=8")
+    parser.add_argument("--texts", type=int, default=1, help="texts per request")
+    parser.add_argument("--ready-timeout", type=float, default=180.0)
+    parser.add_argument("--only", nargs="+", choices=["on", "off", "fastapi"],
+                        default=["on", "off", "fastapi"])
+    parser.add_argument("--log-dir", type=Path, default=Path("/tmp/tuneship-bench"))
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--tokenizer-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.baseline_server:
+        serve_baseline(args.model_dir, args.tokenizer_dir, args.port)
+        return
+    os.environ.update(OFFLINE)
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    bento = args.bento or f"{args.model.lower()}:latest"
+    model_dir, tokenizer_dir = model_files(bento)
+    texts = load_texts()
+    variants = {
+        "on": ("bentoml-batching", lambda p: bento_command(bento, p), {"TUNESHIP_BATCHING": "1"}),
+        "off": ("bentoml-no-batching", lambda p: bento_command(bento, p),
+                {"TUNESHIP_BATCHING": "0"}),
+        "fastapi": ("fastapi-pipeline", lambda p: baseline_command(model_dir, tokenizer_dir, p),
+                    {}),
+    }
+    phases: list[Phase] = []
+    servers: list[Server] = []
+    for key in args.only:
+        name, command, env = variants[key]
+        port = free_port()
+        got, server = measure(name, command(port), env, port, args, texts)
+        phases += got
+        servers.append(server)
+    print(f"\n{bento}, {args.texts} text(s) per request, {args.duration:.0f} s per level, "
+          f"{os.cpu_count()} CPUs\n")
+    print(report(phases, servers, args.texts))
+    if args.json:
+        args.json.write_text(json.dumps({
+            "bento": bento, "phases": [{**asdict(p), "throughput": p.throughput,
+                                        "p50_ms": p.percentile(50), "p99_ms": p.percentile(99),
+                                        "latencies_ms": None} for p in phases],
+            "servers": [asdict(s) for s in servers]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

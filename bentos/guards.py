@@ -1,0 +1,126 @@
+"""ASGI middleware in front of the public service: API key, JSON bodies, request-size limit.
+
+Runs before BentoML parses anything, so an oversized or unauthenticated request costs no model
+work. Probes and `/metrics` stay open (Kubernetes and Prometheus call them without a key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("tuneship.guard")
+OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _digest(value: str) -> bytes:
+    # Hashing first makes the comparison independent of the candidate's length too.
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+class Guard:
+    """Reject what must not reach the service: 401 (key), 415 (not JSON), 413 (too large)."""
+
+    def __init__(self, app: ASGIApp, *, api_key: str | None, max_body_bytes: int,
+                 open_paths: frozenset[str] = OPEN_PATHS) -> None:
+        self.app = app
+        self._key = _digest(api_key) if api_key else None
+        self.max_body_bytes = max_body_bytes
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        if self._key is not None and not self._authorized(scope):
+            log.warning("401 %s %s: missing or wrong API key", scope["method"], scope["path"])
+            await _reject(send, 401, "missing or invalid API key: send 'Authorization: Bearer "
+                          "<key>' or 'X-API-Key: <key>'", {"www-authenticate": "Bearer"})
+            return
+        if scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            await _reject(send, 415, f"Content-Type must be application/json "
+                          f"(got {content_type or 'none'!r})")
+            return
+        body = await self._read_body(scope, receive, send)
+        if body is not None:
+            await self.app(scope, _replay(body, receive), send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        assert self._key is not None
+        bearer = _header(scope, b"authorization") or ""
+        scheme, _, token = bearer.partition(" ")
+        candidate = token.strip() if scheme.lower() == "bearer" else _header(scope, b"x-api-key")
+        return hmac.compare_digest(_digest(candidate or ""), self._key)
+
+    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, or None after answering 413/400 (declared or actual size)."""
+        declared = _header(scope, b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await _reject(send, 400, "invalid Content-Length header")
+                return None
+            if int(declared) > self.max_body_bytes:
+                await _reject(send, 413, self._too_large(int(declared)))
+                return None
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await _reject(send, 413, self._too_large(size))
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    def _too_large(self, size: int) -> str:
+        return f"request body too large: {size} bytes (limit {self.max_body_bytes})"
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that yields the buffered body once, then defers to the real one."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _reject(send: Send, status: int, message: str,
+                  headers: dict[str, str] | None = None) -> None:
+    body = json.dumps({"error": message}).encode()
+    raw_headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(body)).encode())]
+    raw_headers += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,226 @@
+"""Tuneship text classification, served by BentoML 1.4 (`make bento`, then `make serve`).
+
+Two services in one bento, the pattern BentoML documents for batching requests that carry more
+than one parameter:
+
+- `Tuneship` (public, port 3000): `POST /classify`, `GET /model`, `/healthz`, `/readyz`,
+  `/metrics`; validation, optional API key and a body-size limit (guards.py).
+- `Classifier` (internal, reachable only through `Tuneship`): holds the model and answers through
+  an adaptive-batching API, so texts from concurrent requests share one forward pass.
+
+Settings are bento arguments written by `make bento` (conf/serve/); these environment variables
+tune a running instance: TUNESHIP_API_KEY (turns key checks on), TUNESHIP_BATCHING=0 (off),
+TUNESHIP_DEVICE (auto|cpu|cuda), TUNESHIP_MODEL_TAG (serve another imported model).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import os
+from typing import Annotated, Any
+
+import bentoml
+from guards import Guard
+from prometheus_client import Counter
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, StringConstraints
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+# The model is inside the bento: never wait on the hub (transformers is imported later, on load).
+for _key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_key, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+log = logging.getLogger("tuneship.service")
+
+
+class ServeArgs(BaseModel):
+    """Bento arguments (`bentoml build/serve --arg`); `make bento` fills them from conf/serve/."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    model_tag: str | None = None
+    alias: str = "champion"
+    max_texts: int = Field(64, gt=0)
+    max_text_chars: int = Field(2000, gt=0)
+    max_request_bytes: int = Field(1_048_576, gt=0)
+    batching: bool = True
+    max_batch_size: int = Field(64, gt=1)
+    max_latency_ms: int = Field(10_000, gt=0)
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    return default if not value else value not in ("0", "false", "no", "off")
+
+
+ARGS = bentoml.use_arguments(ServeArgs)
+MODEL_TAG = os.environ.get("TUNESHIP_MODEL_TAG") or ARGS.model_tag
+if not MODEL_TAG:
+    raise RuntimeError("no model to serve: build the bento with `make bento` (bento argument "
+                       "model_tag) or set TUNESHIP_MODEL_TAG to a model in the BentoML store")
+BATCHING = _flag("TUNESHIP_BATCHING", ARGS.batching)
+
+PREDICTIONS = Counter("tuneship_predictions", "Texts classified, by predicted label", ["label"])
+
+
+# --- request and response bodies ----------------------------------------------------------------
+
+Text = Annotated[StrictStr, StringConstraints(min_length=1, max_length=ARGS.max_text_chars)]
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[Text] = Field(min_length=1, max_length=ARGS.max_texts,
+                              description=f"1 to {ARGS.max_texts} texts of 1 to "
+                                          f"{ARGS.max_text_chars} characters",
+                              examples=[["a gripping, beautifully acted film"]])
+    all_scores: StrictBool = Field(False, description="also return every label's score")
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+    scores: dict[str, float] | None = None
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    version: str
+    alias: str
+    bento_model: str
+
+
+class ClassifyResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    predictions: list[Prediction]
+    model: ModelRef
+
+
+# --- the model ----------------------------------------------------------------------------------
+
+
+@functools.cache
+def model_card() -> dict[str, Any]:
+    """What `GET /model` shows: name, version, alias, metrics, lineage (from the model store)."""
+    stored = bentoml.models.get(MODEL_TAG)
+    meta = stored.info.metadata
+    return {"name": meta["name"], "version": str(meta["version"]), "alias": ARGS.alias,
+            "bento_model": str(stored.tag),
+            "labels": meta["label_names"], "metrics": meta.get("metrics", {}),
+            "lineage": meta.get("lineage", {}),
+            "serving": {"batching": BATCHING, "max_batch_size": ARGS.max_batch_size,
+                        "max_latency_ms": ARGS.max_latency_ms, "max_texts": ARGS.max_texts,
+                        "max_text_chars": ARGS.max_text_chars}}
+
+
+def _device() -> str:
+    import torch
+
+    wanted = os.environ.get("TUNESHIP_DEVICE", "auto")
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return wanted
+
+
+# BentoML 1.4.31+ recycles the caller's client session every `max_requests` calls (default 100)
+# or `max_age` seconds, closing it under requests still in flight: 500s under load
+# (bentoml/BentoML#5540). Local sockets need no recycling, so it is pushed out of reach.
+NO_RECYCLING = {"max_requests": 2**31 - 1, "max_age": 10.0**9}
+
+
+@bentoml.service(traffic={"timeout": 60}, runner_connection=NO_RECYCLING)
+class Classifier:
+    """The model, loaded once per worker; `predict` returns each label's probability per text."""
+
+    bento_model = bentoml.models.BentoModel(MODEL_TAG)
+
+    def __init__(self) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        stored = self.bento_model
+        files = stored.info.metadata["transformers"]
+        self.device = _device()
+        self.tokenizer = AutoTokenizer.from_pretrained(stored.path_of(files["tokenizer"]))
+        model = AutoModelForSequenceClassification.from_pretrained(
+            stored.path_of(files["model"]), dtype=getattr(torch, files["torch_dtype"]))
+        self.model = model.to(self.device).eval()
+        config = model.config
+        self.max_length = min(self.tokenizer.model_max_length, config.max_position_embeddings)
+        # The same output function as transformers' text-classification pipeline.
+        self.sigmoid = config.problem_type == "multi_label_classification" or config.num_labels == 1
+        labels = [config.id2label[i] for i in range(config.num_labels)]
+        if labels != stored.info.metadata["label_names"]:
+            raise RuntimeError(f"{stored.tag}: model labels {labels} differ from the recorded "
+                               f"{stored.info.metadata['label_names']}")
+        self.infer(["warm-up"])  # the first request should not pay for lazy initialisation
+        log.info("loaded %s on %s (batching %s)", stored.tag, self.device,
+                 "on" if BATCHING else "off")
+
+    def infer(self, texts: list[str]) -> list[list[float]]:
+        import torch
+
+        with torch.inference_mode():
+            batch = self.tokenizer(texts, padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt")
+            logits = self.model(**batch.to(self.device)).logits.float()
+            probs = logits.sigmoid() if self.sigmoid else logits.softmax(dim=-1)
+            return probs.cpu().tolist()
+
+    @bentoml.api(batchable=BATCHING, batch_dim=0, max_batch_size=ARGS.max_batch_size,
+                 max_latency_ms=ARGS.max_latency_ms)
+    def predict(self, texts: list[str]) -> list[list[float]]:
+        """Probabilities per text, in label-id order (batched across requests when on)."""
+        return self.infer(texts)
+
+
+# --- the public service -------------------------------------------------------------------------
+
+
+def _prediction(probs: list[float], labels: list[str], all_scores: bool) -> Prediction:
+    best = max(range(len(probs)), key=probs.__getitem__)
+    return Prediction(label=labels[best], score=probs[best],
+                      scores=dict(zip(labels, probs, strict=True)) if all_scores else None)
+
+
+async def model_endpoint(_: Request) -> JSONResponse:
+    return JSONResponse(model_card())
+
+
+routes = Starlette(routes=[Route("/model", model_endpoint, methods=["GET"])])
+
+
+@bentoml.service(traffic={"timeout": 60})
+@bentoml.asgi_app(routes, path="/")
+class Tuneship:
+    """Validates, forwards texts to the batching classifier and shapes the answer."""
+
+    classifier = bentoml.depends(Classifier)
+
+    def __init__(self) -> None:
+        for label in model_card()["labels"]:
+            PREDICTIONS.labels(label=label)  # every label's series exists from the start, at 0
+
+    @bentoml.api(route="/classify", input_spec=ClassifyRequest, output_spec=ClassifyResponse)
+    async def classify(self, texts: list[str], all_scores: bool = False) -> ClassifyResponse:
+        """Classify 1 to max_texts texts; `all_scores` adds every label's probability."""
+        card = model_card()
+        probs = await self.classifier.to_async.predict(texts)
+        predictions = [_prediction(p, card["labels"], all_scores) for p in probs]
+        for label, count in collections.Counter(p.label for p in predictions).items():
+            PREDICTIONS.labels(label=label).inc(count)
+        return ClassifyResponse(predictions=predictions, model=ModelRef(
+            name=card["name"], version=card["version"], alias=card["alias"],
+            bento_model=card["bento_model"]))
+
+
+Tuneship.add_asgi_middleware(Guard, api_key=os.environ.get("TUNESHIP_API_KEY") or None,
+                             max_body_bytes=ARGS.max_request_bytes)

@@ -1,0 +1,79 @@
+"""`make bento`: import the champion into the BentoML store, then build the bento in `bentos/`.
+
+The bento's Python requirements are the names in `bentos/bentofile.yaml`, pinned here to the
+versions installed in this venv (the pyproject pins), CPU torch included; the bento arguments
+carry the model tag and the limits from `conf/serve/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import yaml
+from omegaconf import DictConfig
+
+from tuneship.config import RegistryConfig, section
+from tuneship.errors import TuneshipError
+from tuneship.serving.config import DockerConfig, ServeConfig
+from tuneship.serving.model_store import import_champion
+from tuneship.settings import project_root
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Import `models:/<serve.model_name>@<serve.alias>` and build a bento serving it."""
+    reg = section(cfg, "registry", RegistryConfig)
+    serve = section(cfg, "serve", ServeConfig)  # type: ignore[type-var]
+    model = import_champion(reg, serve)
+    bento = build(serve, str(model.tag))
+    return {"model": str(model.tag), "bento": str(bento.tag), "path": bento.path,
+            "labels": model.info.labels}
+
+
+def build(serve: ServeConfig, model_tag: str, bentos_dir: Path | None = None) -> bentoml.Bento:
+    """Build `bentos/` with pinned requirements and the serving limits as bento arguments."""
+    bentos_dir = bentos_dir or project_root() / "bentos"
+    spec = bentofile(bentos_dir / "bentofile.yaml", serve.docker)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bentofile.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        bento = bentoml.bentos.build_bentofile(
+            str(path), build_ctx=str(bentos_dir), name=serve.bento_name.lower(),
+            labels={"model": model_tag}, args=serve.bento_args(model_tag))
+    log.info("built bento %s serving %s", bento.tag, model_tag)
+    return bento
+
+
+def bentofile(path: Path, docker: DockerConfig) -> dict[str, Any]:
+    """The bentofile with its packages pinned and the configured docker overrides applied."""
+    spec = yaml.safe_load(path.read_text())
+    python = spec.setdefault("python", {})
+    packages = [pin(name) for name in python.get("packages", [])]
+    if docker.torch_wheel:
+        wheel = Path(docker.torch_wheel).resolve()
+        if not wheel.is_file():
+            raise TuneshipError(f"serve.docker.torch_wheel: {wheel} does not exist")
+        packages = [p for p in packages if not p.startswith("torch==")]
+        python["wheels"] = [*python.get("wheels", []), str(wheel)]
+        python.pop("extra_index_url", None)  # the bundled wheel replaces the CPU index
+    python["packages"] = packages
+    if docker.base_image:
+        spec.setdefault("docker", {})["base_image"] = docker.base_image
+    return spec
+
+
+def pin(name: str) -> str:
+    """`name==<installed version>` (a name that already carries a specifier is kept as is)."""
+    if any(op in name for op in "=<>~@ "):
+        return name
+    try:
+        return f"{name}=={version(name)}"  # torch keeps its +cpu label: the CPU index has it
+    except PackageNotFoundError:
+        raise TuneshipError(f"bentofile package '{name}' is not installed here: cannot pin "
+                            f"it (run make setup)") from None

@@ -1,0 +1,91 @@
+"""Copy the registry's champion into the BentoML model store, with its lineage.
+
+Why `bentoml.mlflow.import_model` rather than re-saving a pipeline with `bentoml.transformers`:
+the store then holds the registered artifact byte for byte (MLmodel, signature, requirements,
+weights, tokenizer), downloaded by MLflow from whatever store or server holds it, so the served
+model is provably the registered version. The service still loads it with plain transformers
+from the paths the MLmodel's `transformers` flavour names (recorded in the metadata below):
+no MLflow in the image, and full control over device, batching and truncation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import bentoml
+import mlflow
+from bentoml.exceptions import NotFound
+from mlflow.entities.model_registry import ModelVersion
+
+from tuneship.config import RegistryConfig
+from tuneship.errors import TuneshipError
+from tuneship.registry.promote import by_alias
+from tuneship.registry.tracking import connect
+from tuneship.serving.config import ServeConfig
+
+log = logging.getLogger(__name__)
+LINEAGE_TAGS = ("run_id", "git_commit", "data_fingerprint", "base_model", "experiment")
+
+
+def import_champion(reg: RegistryConfig, serve: ServeConfig) -> bentoml.Model:
+    """Import `models:/<name>@<alias>` (reusing an earlier import of the same version)."""
+    client = connect(reg)
+    version = by_alias(client, serve.model_name, serve.alias)
+    if version is None:
+        raise TuneshipError(f"{serve.model_name} has no @{serve.alias} in {reg.tracking_uri}: "
+                            f"run the pipeline (make pipeline) first")
+    tag = model_tag(version)
+    try:
+        existing = bentoml.models.get(tag)
+    except NotFound:
+        existing = None
+    if existing is not None and existing.info.labels.get("run_id") == version.run_id:
+        log.info("%s is already in the BentoML store", tag)
+        return existing
+    uri = f"models:/{version.name}/{version.version}"  # the version, not the alias: no race
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    metadata = model_metadata(version, serve.alias, mlflow.models.get_model_info(uri))
+    model = bentoml.mlflow.import_model(tag, uri, labels=model_labels(version, serve.alias),
+                                        metadata=metadata)
+    log.info("imported %s (@%s) as %s", uri, serve.alias, model.tag)
+    return model
+
+
+def model_tag(version: ModelVersion) -> str:
+    """`<name>:v<version>-<run id prefix>`: stable for a version, distinct across stores."""
+    return f"{version.name.lower()}:v{version.version}-{(version.run_id or 'norun')[:8]}"
+
+
+def model_labels(version: ModelVersion, alias: str) -> dict[str, str]:
+    """Short string labels for `bentoml models list` and filters."""
+    tags = version.tags
+    return {"registered_model": version.name, "registered_version": str(version.version),
+            "alias": alias, "run_id": version.run_id or "",
+            "data_fingerprint": tags.get("data_fingerprint", ""),
+            "experiment": tags.get("experiment", "")}
+
+
+def model_metadata(version: ModelVersion, alias: str,
+                   info: mlflow.models.model.ModelInfo) -> dict:
+    """Name, version, metrics, lineage and the files the service loads."""
+    flavor = info.flavors.get("transformers")
+    if flavor is None or flavor.get("task") != "text-classification":
+        raise TuneshipError(f"{version.name} v{version.version} is not an MLflow transformers "
+                            f"text-classification model: this service cannot serve it")
+    labels = (info.metadata or {}).get("label_names")
+    if not labels:
+        raise TuneshipError(f"{version.name} v{version.version} records no label_names")
+    tags = version.tags
+    metrics = {k.removeprefix("metric."): float(v) for k, v in tags.items()
+               if k.startswith("metric.")}
+    tokenizer = "components/tokenizer" if "tokenizer" in flavor.get("components", []) else None
+    return {
+        "name": version.name, "version": str(version.version), "alias": alias,
+        "label_names": list(labels), "metrics": metrics,
+        "lineage": {key: tags.get(key, "") for key in LINEAGE_TAGS},
+        "transformers": {"model": f"mlflow_model/{flavor['model_binary']}",
+                         "tokenizer": f"mlflow_model/{tokenizer or flavor['model_binary']}",
+                         "torch_dtype": str(flavor.get("torch_dtype", "torch.float32"))
+                         .removeprefix("torch.")},
+    }
