@@ -107,7 +107,7 @@ async def drive(url: str, texts: list[str], per_request: int, concurrency: int,
                         ok = response.status == 200
                         if not ok:
                             phase.errors[str(response.status)] += 1
-                except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+                except (TimeoutError, aiohttp.ClientError) as err:
                     ok = False
                     phase.errors[type(err).__name__] += 1
                 if ok:

@@ -55,3 +55,18 @@ def session_workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def lifecycle(session_workspace: Path) -> dict:
+    """Three `smoke` pipelines against one store: v1 champion, v2 fails a strict gate, v3 passes."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from tuneship.stages import run_stages
+
+    runs = [run_stages(compose_config(["experiment=smoke"])),
+            run_stages(compose_config(["experiment=smoke", "registry.gate.min_improvement=0.5"])),
+            run_stages(compose_config(["experiment=smoke"]))]
+    mlflow.set_tracking_uri(f"sqlite:///{session_workspace / 'mlflow.db'}")
+    return {"runs": runs, "client": MlflowClient(), "root": session_workspace}

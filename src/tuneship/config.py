@@ -71,6 +71,7 @@ class TrainConfig(_Section):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     grad_accum: int = Field(1, gt=0)
     freeze_embeddings: bool = False
+    freeze_layers: int = Field(0, ge=0)
     group_by_length: bool = True
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -20,15 +20,6 @@ pytestmark = pytest.mark.integration
 NAME = "tuneship-smoke"
 
 
-@pytest.fixture(scope="module")
-def lifecycle(session_workspace: Path) -> dict:
-    runs = [run_stages(compose_config(["experiment=smoke"])),
-            run_stages(compose_config(["experiment=smoke", "registry.gate.min_improvement=0.5"])),
-            run_stages(compose_config(["experiment=smoke"]))]
-    mlflow.set_tracking_uri(f"sqlite:///{session_workspace / 'mlflow.db'}")
-    return {"runs": runs, "client": MlflowClient(), "root": session_workspace}
-
-
 def test_first_version_becomes_champion(lifecycle):
     first = lifecycle["runs"][0]
     assert first["register"]["version"] == "1"

@@ -33,6 +33,7 @@ def run(cfg: DictConfig) -> dict:
     tokenizer = modeling.load_tokenizer(model_cfg)
     model = modeling.build_classifier(model_cfg, prepared.stats["label_names"], len(tokenizer))
     frozen = modeling.freeze_embeddings(model) if train_cfg.freeze_embeddings else 0
+    frozen += modeling.freeze_bottom_layers(model, train_cfg.freeze_layers)
     ckpt_dir = work_dir / "checkpoints"
     signature = {"data": prepared.stats["fingerprint"], "model": model_cfg.model_dump(),
                  "train": train_cfg.model_dump(exclude={"resume"}), "seed": cfg.seed}
