@@ -9,7 +9,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from mlflow.tracking import MlflowClient
 
 from tests.conftest import compose_config
 from tuneship.errors import TuneshipError

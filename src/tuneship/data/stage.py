@@ -11,8 +11,8 @@ from omegaconf import DictConfig
 from tuneship.config import DataConfig, ModelConfig, RegistryConfig, section, validate_all
 from tuneship.data.preprocess import prepare, save
 from tuneship.registry.tracking import stage_run, start_pipeline_run
-from tuneship.train.model import load_tokenizer
 from tuneship.tracking_params import config_params
+from tuneship.train.model import load_tokenizer
 
 
 def run(cfg: DictConfig) -> dict:

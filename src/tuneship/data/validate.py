@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import datasets
 
 from tuneship.data.columns import column
-
 from tuneship.errors import TuneshipError
 
 

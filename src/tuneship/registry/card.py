@@ -11,6 +11,10 @@ def model_card(name: str, version: str, lineage: dict, stats: dict, report: dict
         f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1-score']:.3f} "
         f"| {int(row['support'])} |" for label, row in report["per_class"].items())
     low, high = report["interval"]
+    rows = stats["rows"]
+    split_rows = f"{rows['train']} / {rows['validation']} / {rows['test']}"
+    runtime = train.get("train_runtime", float("nan"))
+    speed = train.get("train_samples_per_second", float("nan"))
     return f"""# Model card: {name} v{version}
 
 A text classifier fine-tuned by Tuneship from **{lineage['base_model']}** on the
@@ -23,7 +27,7 @@ A text classifier fine-tuned by Tuneship from **{lineage['base_model']}** on the
 | git commit | `{lineage['git_commit']}` |
 | data source | `{stats['source']}` |
 | data fingerprint | `{stats['fingerprint']}` |
-| rows (train / validation / test) | {stats['rows']['train']} / {stats['rows']['validation']} / {stats['rows']['test']} |
+| rows (train / validation / test) | {split_rows} |
 | dropped while cleaning (empty / duplicate) | {stats['dropped_empty']} / {stats['dropped_duplicates']} |
 
 ## Test-split results ({report['rows']} rows)
@@ -38,8 +42,8 @@ A text classifier fine-tuned by Tuneship from **{lineage['base_model']}** on the
 {classes}
 
 ## Training
-{train.get('train_runtime', float('nan')):.0f} s, {train.get('train_samples_per_second', float('nan')):.1f} samples/s,
-{train.get('trainable_params', 0):,} trainable parameters (embeddings frozen: {train.get('frozen_params', 0):,}).
+{runtime:.0f} s, {speed:.1f} samples/s, {train.get('trainable_params', 0):,} trainable parameters
+({train.get('frozen_params', 0):,} frozen).
 
 ## Intended use and limits
 English, short texts like those of the training data. The test split is carved from the same

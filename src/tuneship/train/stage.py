@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 from omegaconf import DictConfig
 
-from tuneship.config import DataConfig, ModelConfig, RegistryConfig, TrainConfig, section
+from tuneship.config import ModelConfig, RegistryConfig, TrainConfig, section
 from tuneship.data.preprocess import load_prepared
 from tuneship.registry.tracking import stage_run
 from tuneship.settings import set_threads
@@ -23,7 +23,6 @@ RESULT_FILE = "train_result.json"
 
 def run(cfg: DictConfig) -> dict:
     """Fine-tune, keep the best checkpoint by validation metric, save it; return train metrics."""
-    data_cfg = section(cfg, "data", DataConfig)
     model_cfg = section(cfg, "model", ModelConfig)
     train_cfg = section(cfg, "train", TrainConfig)
     reg = section(cfg, "registry", RegistryConfig)
