@@ -32,14 +32,27 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("tuneship_root", lambda: str(project_root()))
 
 
-def resolve_model_path(spec: str | None) -> str | None:
-    """Turn `pkg:<module>/<sub/dir>` into the folder inside that installed package.
+def resolve_model_path(spec: str | None, cache_dir: str | Path | None = None) -> str | None:
+    """Turn a model source into something `from_pretrained` loads.
 
-    The package is located without importing it (some model packages import heavy extras).
-    Any other value (a local path or a hub id) is returned unchanged.
+    `pkg:<module>/<sub/dir>` is the folder inside that installed package (located without
+    importing it: some model packages import heavy extras). `gguf:<module>/<file>.gguf` is
+    converted once into a safetensors folder under `<cache_dir>/models/` (default: TUNESHIP_CACHE
+    or `<checkout>/.cache`; see `tuneship.lm.gguf`). Anything else (a local path or a hub id) is
+    returned unchanged.
     """
+    if spec and spec.startswith("gguf:"):
+        from tuneship.lm import gguf
+
+        cache = cache_dir or os.environ.get("TUNESHIP_CACHE") or project_root() / ".cache"
+        return str(gguf.resolve(spec, cache))
     if not spec or not spec.startswith("pkg:"):
         return spec
+    return package_file(spec)
+
+
+def package_file(spec: str) -> str:
+    """The file or folder `pkg:<module>/<sub/path>` names inside an installed package."""
     module, _, sub = spec[4:].partition("/")
     found = importlib.util.find_spec(module)
     if found is None or not found.submodule_search_locations:

@@ -1,0 +1,1 @@
+"""The causal-LM track: corpus/instruction data, LoRA fine-tuning, perplexity, registration."""

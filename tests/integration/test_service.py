@@ -1,0 +1,322 @@
+"""The serving bento end to end, over real HTTP.
+
+One session-scoped setup (about a minute and a half on 2 cores): the smoke pipeline into a
+temporary MLflow store, `pipelines/bento.py` into a temporary BENTOML_HOME, then two real
+`bentoml serve` processes of the built bento on free loopback ports, one open and one with an
+API key. No mocks: answers are checked against the registered model loaded in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+NAME = "tuneship-smoke"
+API_KEY = "tuneship-test-key-4f9c2d"
+TEXTS = ["a gripping, beautifully acted film", "a dull and lifeless mess",
+         "the plot is thin but the jokes land", "I would not watch it again",
+         "an instant classic", "two hours I will never get back"]
+READY_TIMEOUT_S = 150
+FAST_SMOKE = ["experiment=smoke", "train.max_steps=2", "train.eval_steps=2",
+              "train.save_steps=2", "eval.bootstrap_samples=10"]
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+
+@dataclass
+class Served:
+    open: Server
+    keyed: Server
+    tracking_uri: str
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(env: dict[str, str], log: Path) -> Server:
+    port = _free_port()
+    cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", f"{NAME}:latest",
+           "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=ROOT)
+    return Server(f"http://127.0.0.1:{port}", proc, log)
+
+
+def _wait_ready(server: Server, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            pytest.fail(f"bentoml serve exited ({server.proc.returncode}):\n"
+                        f"{server.log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    pytest.fail(f"{server.url} not ready in {READY_TIMEOUT_S} s:\n{server.log.read_text()[-3000:]}")
+
+
+def _stop(server: Server) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.proc.pid, signal.SIGTERM)
+    try:
+        server.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(timeout=10)
+
+
+def _run(script: str, overrides: list[str], env: dict[str, str], timeout: int) -> None:
+    done = subprocess.run([sys.executable, f"pipelines/{script}", *overrides], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """Smoke champion → BentoML store → bento → two `bentoml serve` processes."""
+    tmp = tmp_path_factory.mktemp("serving")
+    tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    env = {**os.environ, "TUNESHIP_OUTPUT_DIR": str(tmp / "outputs"),
+           "MLFLOW_TRACKING_URI": tracking_uri, "TUNESHIP_ARTIFACTS": str(tmp / "mlartifacts"),
+           "TUNESHIP_CACHE": str(ROOT / ".cache"), "BENTOML_HOME": str(tmp / "bentoml"),
+           "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("TUNESHIP_API_KEY", None)
+    _run("run.py", FAST_SMOKE, env, timeout=420)
+    _run("bento.py", ["experiment=smoke"], env, timeout=240)
+    open_server = _start(env, tmp / "open.log")
+    keyed = _start({**env, "TUNESHIP_API_KEY": API_KEY}, tmp / "keyed.log")
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        _wait_ready(open_server, deadline)
+        _wait_ready(keyed, deadline)
+        yield Served(open_server, keyed, tracking_uri)
+    finally:
+        _stop(open_server)
+        _stop(keyed)
+
+
+@pytest.fixture(scope="session")
+def client(served: Served) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served.open.url, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+def reference(served: Served) -> dict[str, dict[str, float]]:
+    """Every label's score for TEXTS from the registered champion, loaded in this process."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(served.tracking_uri)
+    try:
+        pipe = mlflow.transformers.load_model(f"models:/{NAME}@champion")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return {text: {s["label"]: s["score"] for s in scores}
+            for text, scores in zip(TEXTS, pipe(TEXTS, top_k=None), strict=True)}
+
+
+def _classify(client: httpx.Client, texts: list[str], **extra: object) -> httpx.Response:
+    return client.post("/classify", json={"texts": texts, **extra})
+
+
+def _assert_matches(predictions: list[dict], texts: list[str],
+                    reference: dict[str, dict[str, float]]) -> None:
+    for text, prediction in zip(texts, predictions, strict=True):
+        expected = reference[text]
+        best = max(expected, key=expected.get)
+        assert prediction["label"] == best, text
+        assert prediction["score"] == pytest.approx(expected[best], abs=1e-4), text
+
+
+def _metric(client: httpx.Client, name: str) -> dict[str, float]:
+    """`{labels: value}` for one metric from /metrics."""
+    text = client.get("/metrics").text
+    found = re.findall(rf"^{name}(\{{[^}}]*\}})? ([0-9.e+-]+)$", text, flags=re.M)
+    return {labels: float(value) for labels, value in found}
+
+
+# --- answers --------------------------------------------------------------------------------
+
+
+def test_answers_match_the_registered_model(client, reference):
+    response = _classify(client, TEXTS, all_scores=True)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    _assert_matches(body["predictions"], TEXTS, reference)
+    for text, prediction in zip(TEXTS, body["predictions"], strict=True):
+        assert prediction["scores"] == pytest.approx(reference[text], abs=1e-4)
+    assert body["model"] == {"name": NAME, "version": "1", "alias": "champion",
+                             "bento_model": body["model"]["bento_model"]}
+    assert body["model"]["bento_model"].startswith(f"{NAME}:v1-")
+
+
+def test_scores_are_left_out_unless_asked(client):
+    prediction = _classify(client, TEXTS[:1]).json()["predictions"][0]
+    assert set(prediction) == {"label", "score", "scores"} and prediction["scores"] is None
+
+
+def test_longest_allowed_text_is_truncated_not_rejected(client):
+    response = _classify(client, ["what a film " * 166])  # 1992 chars, ~500 tokens > 128 positions
+    assert response.status_code == 200, response.text
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(client, reference):
+    batches = _metric(client, "bentoml_service_adaptive_batch_size_count")
+    requests = _metric(client, "bentoml_service_adaptive_batch_size_sum")
+    jobs = [[TEXTS[i % len(TEXTS)]] for i in range(64)]
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        responses = list(pool.map(lambda texts: _classify(client, texts), jobs))
+    assert [r.status_code for r in responses] == [200] * len(jobs)
+    for texts, response in zip(jobs, responses, strict=True):
+        _assert_matches(response.json()["predictions"], texts, reference)
+    n_batches = sum(_metric(client, "bentoml_service_adaptive_batch_size_count").values())
+    n_requests = sum(_metric(client, "bentoml_service_adaptive_batch_size_sum").values())
+    new_batches = n_batches - sum(batches.values())
+    assert n_requests - sum(requests.values()) == len(jobs)
+    assert new_batches < len(jobs), "no two requests shared a batch"
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+BAD_JSON = [
+    ({"texts": []}, "at least 1 item"),
+    ({}, "Field required"),
+    ({"texts": "one text"}, "valid array"),
+    ({"texts": [1, 2]}, "valid string"),
+    ({"texts": ["ok"], "all_scores": "yes"}, "valid boolean"),
+    ({"texts": ["ok"], "top_k": 3}, "Extra inputs are not permitted"),
+    ({"texts": ["ok"] * 65}, "at most 64 items"),
+    ({"texts": ["x" * 2001]}, "at most 2000 characters"),
+    ({"texts": [""]}, "at least 1 character"),
+    ([["a list"]], "Input should be an object"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), BAD_JSON, ids=[m for _, m in BAD_JSON])
+def test_invalid_bodies_get_400_with_the_reason(client, body, message):
+    response = client.post("/classify", json=body)
+    assert response.status_code == 400
+    assert message in json.dumps(response.json())
+
+
+@pytest.mark.parametrize(("content", "content_type", "status", "message"), [
+    (b'{"texts": ["unclosed"', "application/json", 400, "Invalid JSON"),
+    (b"texts=hello", "application/x-www-form-urlencoded", 415, "must be application/json"),
+    (b'{"texts": ["' + b"a" * 1_100_000 + b'"]}', "application/json", 413, "too large"),
+])
+def test_malformed_unsupported_and_oversized_bodies(client, content, content_type, status,
+                                                   message):
+    response = client.post("/classify", content=content, headers={"content-type": content_type})
+    assert response.status_code == status
+    assert message in response.text
+
+
+def test_oversized_chunked_body_is_cut_off(client):
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must count bytes as they come
+        yield b'{"texts": ["'
+        for _ in range(20):
+            yield b"a" * 100_000
+        yield b'"]}'
+
+    response = client.post("/classify", content=chunks(),
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_wrong_method_is_405(client):
+    assert client.get("/classify").status_code == 405
+
+
+# --- model, probes, metrics ---------------------------------------------------------------------
+
+
+def test_model_endpoint_reports_version_metrics_and_lineage(client, served):
+    from mlflow.tracking import MlflowClient
+
+    info = client.get("/model").json()
+    version = MlflowClient(served.tracking_uri).get_model_version_by_alias(NAME, "champion")
+    assert (info["name"], info["version"], info["alias"]) == (NAME, str(version.version), "champion")
+    assert info["labels"] == ["negative", "positive"]
+    assert info["metrics"]["accuracy"] == pytest.approx(float(version.tags["metric.accuracy"]))
+    assert info["lineage"]["run_id"] == version.run_id
+    assert info["lineage"]["data_fingerprint"] == version.tags["data_fingerprint"]
+    assert info["lineage"]["git_commit"] == version.tags["git_commit"]
+    assert info["serving"]["batching"] is True
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/livez", "/readyz"])
+def test_probes(client, path):
+    assert client.get(path).status_code == 200
+
+
+def test_metrics_count_predictions_by_label(client):
+    before = _metric(client, "tuneship_predictions_total")
+    assert set(before) == {'{label="negative"}', '{label="positive"}'}  # both exist from start
+    labels = [p["label"] for p in _classify(client, TEXTS).json()["predictions"]]
+    after = _metric(client, "tuneship_predictions_total")
+    for label in ("negative", "positive"):
+        key = f'{{label="{label}"}}'
+        assert after[key] - before[key] == labels.count(label)
+    assert _metric(client, "bentoml_service_request_total")  # BentoML's own metrics too
+
+
+# --- API key --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong"},
+                                     {"x-api-key": "wrong"}, {"authorization": API_KEY}],
+                         ids=["none", "wrong-bearer", "wrong-header", "no-scheme"])
+def test_keyed_server_rejects_missing_or_wrong_keys(served, headers):
+    for method, path in (("POST", "/classify"), ("GET", "/model")):
+        response = httpx.request(method, f"{served.keyed.url}{path}", headers=headers,
+                                 json={"texts": ["hi"]}, timeout=30)
+        assert response.status_code == 401, (method, path)
+        assert "API key" in response.json()["error"]
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("headers", [{"authorization": f"Bearer {API_KEY}"},
+                                     {"x-api-key": API_KEY}], ids=["bearer", "x-api-key"])
+def test_keyed_server_accepts_the_key(served, headers):
+    response = httpx.post(f"{served.keyed.url}/classify", json={"texts": ["hi"]},
+                          headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+
+
+def test_probes_and_metrics_need_no_key_and_the_key_is_never_logged(served):
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert httpx.get(f"{served.keyed.url}{path}", timeout=30).status_code == 200
+    assert API_KEY not in served.keyed.log.read_text()
+
+
+def test_open_server_needs_no_key(client):
+    assert _classify(client, ["hi"]).status_code == 200
