@@ -20,7 +20,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # BentoML keeps models and bentos inside the checkout (ignored by git).
 export BENTOML_HOME ?= $(CURDIR)/bentoml_home
 
-.PHONY: help setup pipeline preprocess train eval register promote rollback mlflow-ui \
+.PHONY: help setup pipeline preprocess train eval register promote rollback mlflow-ui tracking-server \
 	test test-fast test-slow lint format clean
 
 help: ## List the targets
@@ -52,6 +52,14 @@ promote: setup ## Stage 5 alone: the gate; a passing challenger becomes @champio
 	$(PY) pipelines/promote.py $(HYDRA_ARGS)
 rollback: setup ## Move @champion back to the previous champion
 	$(PY) pipelines/rollback.py $(HYDRA_ARGS)
+
+TRACKING_PORT ?= 5001
+TRACKING_BACKEND ?= sqlite:///$(CURDIR)/mlflow-server.db
+tracking-server: setup ## A real MLflow server (SQL backend + served artifacts) on 127.0.0.1:$(TRACKING_PORT)
+	@echo "then: MLFLOW_TRACKING_URI=http://127.0.0.1:$(TRACKING_PORT) make pipeline"
+	$(VENV)/bin/mlflow server --backend-store-uri $(TRACKING_BACKEND) \
+		--artifacts-destination $(CURDIR)/mlartifacts-server --serve-artifacts \
+		--host 127.0.0.1 --port $(TRACKING_PORT)
 
 mlflow-ui: setup ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over the embedded store
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
