@@ -36,6 +36,9 @@ class DataConfig(_Section):
     max_train_samples: int | None = Field(None, gt=0)
     max_length: int = Field(128, gt=0, le=8192)
     block_size: int | None = Field(None, gt=0)  # causal LM: pack tokens into blocks of this size
+    chunk_chars: int = Field(4000, gt=0)  # causal LM corpus: split unit (cut at blank lines)
+    prompt_column: str = "prompt"         # causal LM instruction rows
+    response_column: str = "response"
 
     @model_validator(mode="after")
     def _splits_leave_train(self) -> DataConfig:
@@ -100,6 +103,10 @@ class EvalConfig(_Section):
     confidence: float = Field(0.95, gt=0, lt=1)
     worst_examples: int = Field(25, ge=0)
     batch_size: int = Field(128, gt=0)
+    # causal LM only: sample generations logged, their length, test rows scored by ROUGE/BLEU
+    samples: int = Field(4, ge=0)
+    max_new_tokens: int = Field(48, gt=0)
+    generate_rows: int = Field(64, gt=0)
 
 
 class GateConfig(_Section):
@@ -108,6 +115,8 @@ class GateConfig(_Section):
     max: float | None = None
     min_improvement: float = Field(0.0, ge=0)
     higher_is_better: bool = True
+    # Other recorded metrics with their own floors, e.g. {perplexity_reduction: 0.3}.
+    floors: dict[str, float] = {}
 
 
 class RegistryConfig(_Section):

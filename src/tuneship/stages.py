@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Callable
@@ -9,13 +10,25 @@ from collections.abc import Callable
 from omegaconf import DictConfig
 
 from tuneship import settings  # noqa: F401  (offline hub, config resolvers)
+from tuneship.errors import TuneshipError
 
 log = logging.getLogger(__name__)
 ORDER = ("preprocess", "train", "evaluate", "register", "promote")
+# `task:` → the modules whose `run(cfg)` replace the classification stages (others are shared).
+TASK_STAGES: dict[str, dict[str, str]] = {
+    "classification": {},
+    "causal_lm": {"preprocess": "tuneship.lm.data", "train": "tuneship.lm.train",
+                  "evaluate": "tuneship.lm.evaluate", "register": "tuneship.lm.register",
+                  "promote": "tuneship.lm.promote"},
+}
 
 
-def _stage(name: str) -> Callable[[DictConfig], dict]:
+def _stage(name: str, task: str = "classification") -> Callable[[DictConfig], dict]:
     # Imported on use: a stage run alone loads only what it needs.
+    if task not in TASK_STAGES:
+        raise TuneshipError(f"unknown task {task!r}; choose from {sorted(TASK_STAGES)}")
+    if name in TASK_STAGES[task]:
+        return importlib.import_module(TASK_STAGES[task][name]).run
     if name == "preprocess":
         from tuneship.data.stage import run
     elif name == "train":
@@ -39,7 +52,7 @@ def run_stages(cfg: DictConfig, names: tuple[str, ...] = ORDER) -> dict[str, dic
     for name in names:
         start = time.perf_counter()
         log.info("stage %s: start", name)
-        results[name] = _stage(name)(cfg)
+        results[name] = _stage(name, cfg.get("task", "classification"))(cfg)
         log.info("stage %s: done in %.1f s", name, time.perf_counter() - start)
     return results
 

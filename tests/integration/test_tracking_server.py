@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -24,12 +25,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def tracking_server(tmp_path: Path):
+POSTGRES_URI = os.environ.get("TUNESHIP_TEST_POSTGRES_URI")  # set by .ci/run
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def tracking_server(request, tmp_path: Path):
+    if request.param == "sqlite":
+        backend = f"sqlite:///{tmp_path / 'server.db'}"
+    elif POSTGRES_URI:
+        backend = POSTGRES_URI
+    else:
+        pytest.skip("no PostgreSQL: set TUNESHIP_TEST_POSTGRES_URI (.ci/start-postgres.sh does)")
     port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+        [str(mlflow_bin), "server", "--backend-store-uri", backend,
          "--artifacts-destination", str(tmp_path / "served"), "--serve-artifacts",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -51,12 +61,13 @@ def tracking_server(tmp_path: Path):
 def test_smoke_pipeline_against_a_tracking_server(tracking_server, workspace, monkeypatch):
     url, served = tracking_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-    results = run_stages(compose_config(["experiment=smoke"]))
+    name = f"tuneship-smoke-{uuid.uuid4().hex[:8]}"  # a shared PostgreSQL outlives the test
+    results = run_stages(compose_config(["experiment=smoke", f"registry.model_name={name}"]))
     assert results["promote"]["passed"] is True
     mlflow.set_tracking_uri(url)
-    version = MlflowClient().get_model_version_by_alias("tuneship-smoke", "champion")
+    version = MlflowClient().get_model_version_by_alias(name, "champion")
     assert str(version.version) == "1"
     assert any(served.rglob("model_card.md"))  # artifacts went through the server
-    model = mlflow.pyfunc.load_model("models:/tuneship-smoke@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     assert len(model.predict(["fine"])) == 1
     assert os.environ["MLFLOW_TRACKING_URI"] == url

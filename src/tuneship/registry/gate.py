@@ -17,8 +17,10 @@ class Decision:
     champion_score: float | None = None
 
 
-def decide(gate: GateConfig, score: float, champion_score: float | None) -> Decision:
-    """Pass when `score` is within bounds and beats `champion_score` by `min_improvement`."""
+def decide(gate: GateConfig, score: float, champion_score: float | None,
+           others: dict[str, float] | None = None) -> Decision:
+    """Pass when `score` is within bounds, `others` reach `gate.floors` and `score` beats
+    `champion_score` by `min_improvement`."""
     name = gate.metric
     if gate.min is not None and score < gate.min:
         return Decision(False, f"{name}={score:.4f} is below the floor {gate.min}", score,
@@ -26,6 +28,12 @@ def decide(gate: GateConfig, score: float, champion_score: float | None) -> Deci
     if gate.max is not None and score > gate.max:
         return Decision(False, f"{name}={score:.4f} is above the ceiling {gate.max}", score,
                         champion_score)
+    for other, floor in gate.floors.items():
+        value = (others or {}).get(other)
+        if value is None or value < floor:
+            shown = "missing" if value is None else f"{value:.4f}"
+            return Decision(False, f"{other}={shown} is below the floor {floor}", score,
+                            champion_score)
     if champion_score is None:
         return Decision(True, f"{name}={score:.4f} meets the bounds; no champion yet", score)
     gain = score - champion_score if gate.higher_is_better else champion_score - score

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -22,11 +23,15 @@ from tuneship.registry.gate import Decision, decide
 from tuneship.registry.tracking import connect
 
 log = logging.getLogger(__name__)
+Rescorer = Callable[[DictConfig, ModelVersion, str], float]
 HISTORY_TAG = "tuneship.champion_history"
 
 
-def run(cfg: DictConfig) -> dict:
-    """Judge the challenger against the gate; promote it to champion when it passes."""
+def run(cfg: DictConfig, rescorer: Rescorer | None = None) -> dict:
+    """Judge the challenger against the gate; promote it to champion when it passes.
+
+    `rescorer` scores a champion tested on other data (default: `rescore`, for classifiers).
+    """
     reg = section(cfg, "registry", RegistryConfig)
     client = connect(reg)
     challenger = by_alias(client, reg.model_name, reg.challenger_alias)
@@ -39,8 +44,9 @@ def run(cfg: DictConfig) -> dict:
     score = _recorded(challenger, metric)
     champion_score = None
     if champion is not None:
-        champion_score = _champion_score(cfg, champion, challenger, metric)
-    decision = decide(reg.gate, score, champion_score)
+        champion_score = _champion_score(cfg, champion, challenger, metric, rescorer or rescore)
+    others = {name: _recorded(challenger, name) for name in reg.gate.floors}
+    decision = decide(reg.gate, score, champion_score, others)
     _record(client, reg, challenger, champion, decision)
     return {"version": str(challenger.version), "passed": decision.passed,
             "reason": decision.reason, "champion_before": str(champion.version) if champion else None}
@@ -79,13 +85,13 @@ def _recorded(version: ModelVersion, metric: str) -> float:
 
 
 def _champion_score(cfg: DictConfig, champion: ModelVersion, challenger: ModelVersion,
-                    metric: str) -> float:
+                    metric: str, rescorer: Rescorer) -> float:
     """The champion's score on the challenger's test set (re-scored if the data differ)."""
     if champion.tags.get("data_fingerprint") == challenger.tags.get("data_fingerprint"):
         return _recorded(champion, metric)
     log.info("champion v%s was tested on other data: scoring it on this test split",
              champion.version)
-    return rescore(cfg, champion, metric)
+    return rescorer(cfg, champion, metric)
 
 
 def rescore(cfg: DictConfig, version: ModelVersion, metric: str) -> float:
