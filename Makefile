@@ -20,7 +20,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # BentoML keeps models and bentos inside the checkout (ignored by git).
 export BENTOML_HOME ?= $(CURDIR)/bentoml_home
 
-.PHONY: help setup pipeline preprocess train eval register promote rollback mlflow-ui tracking-server \
+.PHONY: help setup pipeline preprocess train eval register promote rollback mlflow-ui tracking-server train-ddp \
 	test test-fast test-slow lint format clean
 
 help: ## List the targets
@@ -50,6 +50,12 @@ register: setup ## Stage 4 alone: new version, alias @challenger
 	$(PY) pipelines/register.py $(HYDRA_ARGS)
 promote: setup ## Stage 5 alone: the gate; a passing challenger becomes @champion
 	$(PY) pipelines/promote.py $(HYDRA_ARGS)
+NPROC ?= 2
+train-ddp: setup ## Stage 2 with torchrun: NPROC processes (gloo on CPU, nccl on GPUs), one MLflow run
+	TUNESHIP_RUN_STAMP=$$(date +%Y-%m-%d_%H-%M-%S)-ddp $(VENV)/bin/torchrun --standalone \
+		--nproc_per_node=$(NPROC) pipelines/train.py $(HYDRA_ARGS) train.num_threads=$(THREADS_PER_PROC)
+THREADS_PER_PROC ?= 1
+
 rollback: setup ## Move @champion back to the previous champion
 	$(PY) pipelines/rollback.py $(HYDRA_ARGS)
 

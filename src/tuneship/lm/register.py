@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> dict:
         lineage = {"run_id": run.info.run_id, "git_commit": git_commit(project_root()),
                    "data_fingerprint": stats["fingerprint"], "base_model": ref.name,
                    "base_model.source": ref.source, "base_model.sha256": str(ref.sha256),
-                   "experiment": cfg.experiment_name, "task": "causal_lm"}
+                   "experiment": cfg.experiment_name}
         mlflow.log_artifacts(str(model_dir), artifact_path="adapter")
         info = mlflow.transformers.log_model(
             transformers_model=pipe,

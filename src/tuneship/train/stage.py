@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -36,24 +37,32 @@ def run(cfg: DictConfig) -> dict:
     ckpt_dir = work_dir / "checkpoints"
     signature = {"data": prepared.stats["fingerprint"], "model": model_cfg.model_dump(),
                  "train": train_cfg.model_dump(exclude={"resume"}), "seed": cfg.seed}
-    checkpoint = resume.checkpoint_to_resume(train_cfg.resume, ckpt_dir, signature)
-    with stage_run(reg, work_dir, "train"):
-        args = training_args(train_cfg, ckpt_dir, cfg.seed, report_to=["mlflow"])
+    # Under torchrun every rank runs this; only rank 0 touches MLflow and writes results.
+    args = training_args(train_cfg, ckpt_dir, cfg.seed, report_to=["mlflow"])
+    with args.main_process_first(desc="checkpoint bookkeeping"):
+        checkpoint = resume.checkpoint_to_resume(train_cfg.resume, ckpt_dir, signature)
+    main = args.process_index == 0
+    with stage_run(reg, work_dir, "train") if main else contextlib.nullcontext():
         trainer = build_trainer(model, tokenizer, prepared.splits, args,
                                 train_cfg.early_stopping_patience)
         result = trainer.train(resume_from_checkpoint=checkpoint)
-        metrics = {**result.metrics, "frozen_params": frozen,
+        metrics = {**result.metrics, "frozen_params": frozen, "world_size": args.world_size,
                    "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                    "resumed_from_step": _step_of(checkpoint)}
-        trainer.save_model(str(work_dir / "model"))
-        mlflow.log_metrics({f"train.{k}": float(v) for k, v in metrics.items()
-                            if isinstance(v, int | float)})
-        if trainer.state.best_metric is not None:
-            mlflow.log_metric(f"best_validation_{train_cfg.metric_for_best_model}",
-                              trainer.state.best_metric)
-    (work_dir / "model" / RESULT_FILE).write_text(json.dumps(metrics, indent=2))
-    resume.finish(ckpt_dir)
+        trainer.save_model(str(work_dir / "model"))  # rank 0 only (the Trainer checks)
+        if main:
+            _log_results(metrics, trainer, train_cfg.metric_for_best_model)
+    if main:
+        (work_dir / "model" / RESULT_FILE).write_text(json.dumps(metrics, indent=2))
+        resume.finish(ckpt_dir)
     return metrics
+
+
+def _log_results(metrics: dict, trainer, best_metric_name: str) -> None:
+    mlflow.log_metrics({f"train.{k}": float(v) for k, v in metrics.items()
+                        if isinstance(v, int | float)})
+    if trainer.state.best_metric is not None:
+        mlflow.log_metric(f"best_validation_{best_metric_name}", trainer.state.best_metric)
 
 
 def _step_of(checkpoint: str | None) -> int:

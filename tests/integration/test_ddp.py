@@ -1,0 +1,40 @@
+"""Two-process CPU training with torchrun (gloo): one MLflow run, one output folder, one version."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import ROOT, compose_config
+from tuneship.stages import run_stages
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_two_process_training_behaves_like_one(workspace, lifecycle, monkeypatch):
+    cfg = compose_config(["experiment=smoke"])
+    run_stages(cfg, ("preprocess",))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "TUNESHIP_RUN_STAMP": "ddp-test"}
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2",
+                           str(ROOT / "pipelines" / "train.py"), "experiment=smoke",
+                           "train.num_threads=1"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = run_stages(cfg, ("evaluate", "register", "promote"))
+
+    work = Path(cfg.paths.work_dir)
+    train = json.loads((work / "model" / "train_result.json").read_text())
+    assert train["world_size"] == 2
+    assert [p.name for p in (work / "hydra").iterdir()] == ["ddp-test"]  # one folder, both ranks
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["tuneship-smoke"])
+    assert len(runs) == 1  # not one per rank
+    assert runs.iloc[0]["metrics.train.world_size"] == 2
+    assert results["register"]["version"] == "1"
+    single = lifecycle["runs"][0]["evaluate"]["metrics"]["accuracy"]
+    assert abs(results["evaluate"]["metrics"]["accuracy"] - single) <= 0.15
