@@ -65,6 +65,8 @@ if not MODEL_TAG:
     raise RuntimeError("no model to serve: build the bento with `make bento` (bento argument "
                        "model_tag) or set TUNESHIP_MODEL_TAG to a model in the BentoML store")
 BATCHING = _flag("TUNESHIP_BATCHING", ARGS.batching)
+# Padded tokens per forward pass (see Classifier.infer); bentos/README.md has the measurements.
+TOKEN_BUDGET = int(os.environ.get("TUNESHIP_TOKEN_BUDGET", "1024"))
 
 PREDICTIONS = Counter("tuneship_predictions", "Texts classified, by predicted label", ["label"])
 
@@ -132,6 +134,17 @@ def _device() -> str:
     return wanted
 
 
+def length_chunks(lengths: list[int], budget: int) -> list[list[int]]:
+    """Indices sorted by length, grouped so that count x longest <= budget (at least one each)."""
+    chunks: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if chunks and (len(chunks[-1]) + 1) * lengths[i] <= budget:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+    return chunks
+
+
 def _torch_threads() -> int:
     """TUNESHIP_TORCH_THREADS, else all usable cores but one (left to the HTTP processes).
 
@@ -182,14 +195,24 @@ class Classifier:
                  torch.get_num_threads(), "on" if BATCHING else "off")
 
     def infer(self, texts: list[str]) -> list[list[float]]:
+        """Probabilities per text, in input order.
+
+        Texts are sorted by token count and cut into forward passes of at most TOKEN_BUDGET
+        padded tokens, so a batch of short texts is not padded to its longest one.
+        """
         import torch
 
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        probs: list[list[float]] = [[] for _ in texts]
         with torch.inference_mode():
-            batch = self.tokenizer(texts, padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt")
-            logits = self.model(**batch.to(self.device)).logits.float()
-            probs = logits.sigmoid() if self.sigmoid else logits.softmax(dim=-1)
-            return probs.cpu().tolist()
+            for chunk in length_chunks([len(x) for x in ids], TOKEN_BUDGET):
+                batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]},
+                                           return_tensors="pt")
+                logits = self.model(**batch.to(self.device)).logits.float()
+                out = logits.sigmoid() if self.sigmoid else logits.softmax(dim=-1)
+                for i, row in zip(chunk, out.cpu().tolist(), strict=True):
+                    probs[i] = row
+        return probs
 
     @bentoml.api(batchable=BATCHING, batch_dim=0, max_batch_size=ARGS.max_batch_size,
                  max_latency_ms=ARGS.max_latency_ms)

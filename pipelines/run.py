@@ -19,9 +19,11 @@ from tuneship.stages import objective, run_stages
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    results = run_stages(cfg)
-    print(json.dumps({"evaluate": results["evaluate"]["metrics"],
-                      "register": results["register"], "promote": results["promote"]}, indent=2))
+    results = run_stages(cfg, tuple(cfg.stages))
+    summary = {name: results[name] for name in ("register", "promote") if name in results}
+    if "evaluate" in results:
+        summary["evaluate"] = results["evaluate"]["metrics"]
+    print(json.dumps(summary, indent=2))
     return objective(results)
 
 

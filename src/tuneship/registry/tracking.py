@@ -24,6 +24,7 @@ from tuneship.errors import TuneshipError
 
 log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
+PARENT_RUN_VAR = "TUNESHIP_PARENT_RUN_ID"
 
 
 def connect(reg: RegistryConfig) -> MlflowClient:
@@ -49,6 +50,8 @@ def start_pipeline_run(reg: RegistryConfig, work_dir: Path, run_name: str) -> st
     client = connect(reg)
     previous = _previous_run(work_dir)
     tags = {"tuneship.work_dir": str(work_dir)}
+    if parent := os.environ.get(PARENT_RUN_VAR):  # a sweep trial: nest under the sweep's run
+        tags["mlflow.parentRunId"] = parent
     if previous and _mark_killed(client, previous):
         tags["tuneship.follows_failed_run"] = previous
     run = client.create_run(mlflow.get_experiment_by_name(reg.experiment).experiment_id,
