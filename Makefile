@@ -92,4 +92,38 @@ clean: ## Remove outputs and the local MLflow store (keeps .venv)
 
 # --- serving (BentoML) ---------------------------------------------------------------------
 # (targets: bento, serve, containerize, container-run — see bentos/README.md)
+export BENTOML_DO_NOT_TRACK ?= true
+# The bento (and its image) is named after the registered model: tuneship-<experiment>.
+BENTO_NAME ?= tuneship-$(experiment)
+BENTO ?= $(BENTO_NAME):latest
+IMAGE ?= $(BENTO_NAME):latest
+SERVE_HOST ?= 127.0.0.1
+SERVE_PORT ?= 3000
+BENTOML := $(VENV)/bin/bentoml
+.PHONY: bento serve containerize container-run
+
+bento: setup ## Import the $(experiment) champion into BentoML and build its bento (bentos/)
+	$(PY) pipelines/bento.py $(HYDRA_ARGS)
+
+serve: setup ## Serve that bento on http://127.0.0.1:3000 (set TUNESHIP_API_KEY for auth)
+	@$(BENTOML) get $(BENTO) >/dev/null 2>&1 || { echo "serve: no bento $(BENTO) in" \
+		"$(BENTOML_HOME): run 'make bento experiment=$(experiment)' first" >&2; exit 1; }
+	$(BENTOML) serve $(BENTO) --host $(SERVE_HOST) --port $(SERVE_PORT)
+
+containerize: setup ## Build its OCI image (docker, else podman/buildah: deploy/container)
+	@$(BENTOML) get $(BENTO) >/dev/null 2>&1 || { echo "containerize: no bento $(BENTO):" \
+		"run 'make bento experiment=$(experiment)' first" >&2; exit 1; }
+	@. deploy/container/engine.sh || { echo "containerize: no container engine (docker, podman" \
+		"or buildah); see deploy/container/README.md" >&2; exit 1; }; \
+	echo "$(BENTOML) containerize $(BENTO) --backend $$CONTAINER_ENGINE --image-tag $(IMAGE)"; \
+	$(BENTOML) containerize $(BENTO) --backend "$$CONTAINER_ENGINE" --image-tag $(IMAGE)
+
+container-run: setup ## Run that image on 127.0.0.1:3000 (passes TUNESHIP_API_KEY if set)
+	@. deploy/container/engine.sh || { echo "container-run: no container engine; see" \
+		"deploy/container/README.md" >&2; exit 1; }; \
+	if [ "$$CONTAINER_ENGINE" = buildah ]; then \
+		echo "container-run: buildah builds but does not run images: install podman or Docker" >&2; \
+		exit 1; fi; \
+	$$CONTAINER_ENGINE run --rm -p $(SERVE_HOST):$(SERVE_PORT):3000 \
+		$${TUNESHIP_API_KEY:+-e TUNESHIP_API_KEY} $(IMAGE)
 # --- end serving ---------------------------------------------------------------------------

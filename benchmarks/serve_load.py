@@ -196,10 +196,15 @@ def baseline_command(model_dir: str, tokenizer_dir: str, port: int) -> list[str]
 
 def serve_baseline(model_dir: str, tokenizer_dir: str, port: int) -> None:
     """The hand-written baseline: FastAPI + transformers.pipeline, one request per call."""
+    import torch
     import transformers
     import uvicorn
     from fastapi import FastAPI
 
+    # The service's thread rule, so the comparison is about serving, not torch settings (with
+    # torch's default of all cores, a busy 2-core machine stalls in its thread barriers).
+    torch.set_num_threads(int(os.environ.get("TUNESHIP_TORCH_THREADS", 0))
+                          or max(1, len(os.sched_getaffinity(0)) - 1))
     pipe = transformers.pipeline("text-classification", model=model_dir, tokenizer=tokenizer_dir)
     app = FastAPI()
 

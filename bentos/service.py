@@ -11,7 +11,8 @@ than one parameter:
 Settings are bento arguments written by `make bento` (conf/serve/); these environment variables
 tune a running instance: TUNESHIP_API_KEY (turns key checks on), TUNESHIP_BATCHING=0 (off),
 TUNESHIP_DEVICE (auto|cpu|cuda), TUNESHIP_TORCH_THREADS (CPU intra-op threads),
-TUNESHIP_MODEL_TAG (serve another imported model).
+TUNESHIP_TOKEN_BUDGET (padded tokens per forward pass), TUNESHIP_MODEL_TAG (serve another
+imported model).
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ if not MODEL_TAG:
     raise RuntimeError("no model to serve: build the bento with `make bento` (bento argument "
                        "model_tag) or set TUNESHIP_MODEL_TAG to a model in the BentoML store")
 BATCHING = _flag("TUNESHIP_BATCHING", ARGS.batching)
-# Padded tokens per forward pass (see Classifier.infer); bentos/README.md has the measurements.
-TOKEN_BUDGET = int(os.environ.get("TUNESHIP_TOKEN_BUDGET", "1024"))
+# Padded tokens per forward pass (Classifier.infer). On CPU small passes of similar lengths win
+# (MiniLM, 1 thread: 47 texts/s at 128-256 vs 21 at 4096; bentos/README.md); GPUs want big ones.
+TOKEN_BUDGET_ENV = os.environ.get("TUNESHIP_TOKEN_BUDGET")
 
 PREDICTIONS = Counter("tuneship_predictions", "Texts classified, by predicted label", ["label"])
 
@@ -178,6 +180,7 @@ class Classifier:
         self.device = _device()
         if self.device == "cpu":
             torch.set_num_threads(_torch_threads())
+        self.token_budget = int(TOKEN_BUDGET_ENV or (256 if self.device == "cpu" else 16384))
         self.tokenizer = AutoTokenizer.from_pretrained(stored.path_of(files["tokenizer"]))
         model = AutoModelForSequenceClassification.from_pretrained(
             stored.path_of(files["model"]), dtype=getattr(torch, files["torch_dtype"]))
@@ -191,13 +194,14 @@ class Classifier:
             raise RuntimeError(f"{stored.tag}: model labels {labels} differ from the recorded "
                                f"{stored.info.metadata['label_names']}")
         self.infer(["warm-up"])  # the first request should not pay for lazy initialisation
-        log.info("loaded %s on %s, %d torch threads, batching %s", stored.tag, self.device,
-                 torch.get_num_threads(), "on" if BATCHING else "off")
+        log.info("loaded %s on %s (%d torch threads, token budget %d), batching %s", stored.tag,
+                 self.device, torch.get_num_threads(), self.token_budget,
+                 "on" if BATCHING else "off")
 
     def infer(self, texts: list[str]) -> list[list[float]]:
         """Probabilities per text, in input order.
 
-        Texts are sorted by token count and cut into forward passes of at most TOKEN_BUDGET
+        Texts are sorted by token count and cut into forward passes of at most `token_budget`
         padded tokens, so a batch of short texts is not padded to its longest one.
         """
         import torch
@@ -205,7 +209,7 @@ class Classifier:
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
         probs: list[list[float]] = [[] for _ in texts]
         with torch.inference_mode():
-            for chunk in length_chunks([len(x) for x in ids], TOKEN_BUDGET):
+            for chunk in length_chunks([len(x) for x in ids], self.token_budget):
                 batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]},
                                            return_tensors="pt")
                 logits = self.model(**batch.to(self.device)).logits.float()

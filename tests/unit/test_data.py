@@ -110,10 +110,11 @@ def test_max_rows_and_max_train_samples(tmp_path, tokenizer):
         (lambda p: write_csv(p, [*rows(2), ("odd", None)]), "has no value"),
         (lambda p: write_csv(p, [(" ", 1), ("<p></p>", 0)]), "empty"),
         (lambda p: p.write_bytes(b"text,label\n\xff\xfe bad,1\n"), "not valid UTF-8"),
+        (lambda p: write_csv(p, [("same text", 1)] * 50 + [("other", 0)] * 50), "cannot split 2 rows"),
         (lambda p: p.write_text('text,label\n"unterminated,1\n'), "could not read"),
     ],
     ids=["missing-column", "label-out-of-range", "unknown-name", "nan-label", "all-empty",
-         "not-utf8", "truncated"],
+         "not-utf8", "all-duplicates", "truncated"],
 )
 def test_bad_data_gives_a_clear_error(tmp_path, tokenizer, mutate, message):
     path = tmp_path / "bad.csv"

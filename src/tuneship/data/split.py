@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datasets
 
+from tuneship.errors import TuneshipError
+
 
 def stratified_subsample(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
     """Keep `n` rows with the label proportions of `ds` (all of them if n is None or too big)."""
@@ -15,11 +17,14 @@ def stratified_subsample(ds: datasets.Dataset, n: int | None, seed: int) -> data
 def split(ds: datasets.Dataset, validation_size: float, test_size: float,
           seed: int) -> datasets.DatasetDict:
     """Carve test, then validation, out of `ds` with a fixed seed; labels keep their balance."""
-    first = ds.train_test_split(test_size=test_size, stratify_by_column="label", seed=seed)
-    rest = first["train"]
-    second = rest.train_test_split(
-        test_size=validation_size / (1 - test_size), stratify_by_column="label", seed=seed
-    )
+    try:
+        first = ds.train_test_split(test_size=test_size, stratify_by_column="label", seed=seed)
+        second = first["train"].train_test_split(
+            test_size=validation_size / (1 - test_size), stratify_by_column="label", seed=seed
+        )
+    except ValueError as err:  # sklearn-style: too few rows for a stratified split
+        raise TuneshipError(f"cannot split {len(ds)} rows into train/validation/test with every "
+                            f"label in each ({err}); add data or lower the split sizes") from None
     return datasets.DatasetDict(
         train=second["train"], validation=second["test"], test=first["test"]
     )

@@ -20,7 +20,7 @@ from tuneship.data.preprocess import load_prepared
 from tuneship.errors import TuneshipError
 from tuneship.evaluation import report
 from tuneship.registry.gate import Decision, decide
-from tuneship.registry.tracking import connect
+from tuneship.registry.tracking import connect, store_lock
 
 log = logging.getLogger(__name__)
 Rescorer = Callable[[DictConfig, ModelVersion, str], float]
@@ -34,6 +34,11 @@ def run(cfg: DictConfig, rescorer: Rescorer | None = None) -> dict:
     """
     reg = section(cfg, "registry", RegistryConfig)
     client = connect(reg)
+    with store_lock(reg.tracking_uri):  # read champion → decide → move alias, one pipeline at a time
+        return _judge(cfg, reg, client)
+
+
+def _judge(cfg: DictConfig, reg: RegistryConfig, client: MlflowClient) -> dict:
     challenger = by_alias(client, reg.model_name, reg.challenger_alias)
     if challenger is None:
         raise TuneshipError(f"{reg.model_name} has no @{reg.challenger_alias}: register a model first")

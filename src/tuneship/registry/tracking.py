@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+from filelock import FileLock
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -30,8 +31,23 @@ PARENT_RUN_VAR = "TUNESHIP_PARENT_RUN_ID"
 def connect(reg: RegistryConfig) -> MlflowClient:
     """Point MLflow at the configured store and make sure the experiment exists."""
     mlflow.set_tracking_uri(reg.tracking_uri)
-    if reg.tracking_uri.startswith("sqlite:///"):
-        Path(reg.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    with store_lock(reg.tracking_uri):
+        return _ensure_experiment(reg)
+
+
+def store_lock(uri: str) -> contextlib.AbstractContextManager:
+    """A lock for a local SQLite store (creating its tables, moving aliases): take turns.
+
+    A tracking server serializes writes itself; the gate's read-decide-write is then not atomic
+    across hosts (documented in the README)."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{db}.lock", timeout=300)
+
+
+def _ensure_experiment(reg: RegistryConfig) -> MlflowClient:
     client = MlflowClient()
     try:
         if client.get_experiment_by_name(reg.experiment) is None:
