@@ -35,10 +35,10 @@ def run(cfg: DictConfig, rescorer: Rescorer | None = None) -> dict:
     reg = section(cfg, "registry", RegistryConfig)
     client = connect(reg)
     with store_lock(reg.tracking_uri):  # read champion → decide → move alias, one pipeline at a time
-        return _judge(cfg, reg, client)
+        return _judge(cfg, reg, client, rescorer or rescore)
 
 
-def _judge(cfg: DictConfig, reg: RegistryConfig, client: MlflowClient) -> dict:
+def _judge(cfg: DictConfig, reg: RegistryConfig, client: MlflowClient, rescorer: Rescorer) -> dict:
     challenger = by_alias(client, reg.model_name, reg.challenger_alias)
     if challenger is None:
         raise TuneshipError(f"{reg.model_name} has no @{reg.challenger_alias}: register a model first")
@@ -49,7 +49,7 @@ def _judge(cfg: DictConfig, reg: RegistryConfig, client: MlflowClient) -> dict:
     score = _recorded(challenger, metric)
     champion_score = None
     if champion is not None:
-        champion_score = _champion_score(cfg, champion, challenger, metric, rescorer or rescore)
+        champion_score = _champion_score(cfg, champion, challenger, metric, rescorer)
     others = {name: _recorded(challenger, name) for name in reg.gate.floors}
     decision = decide(reg.gate, score, champion_score, others)
     _record(client, reg, challenger, champion, decision)
