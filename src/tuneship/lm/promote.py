@@ -18,8 +18,6 @@ from omegaconf import DictConfig
 from tuneship.config import EvalConfig, section
 from tuneship.data.preprocess import load_prepared
 from tuneship.errors import TuneshipError
-from tuneship.lm.data import tokenizer_digest
-from tuneship.lm.evaluate import block_nll, perplexity
 from tuneship.registry import promote
 
 
@@ -30,6 +28,9 @@ def run(cfg: DictConfig) -> dict:
 
 def rescore(cfg: DictConfig, version: ModelVersion, metric: str) -> float:
     """Perplexity of a registered (merged) version on `<work_dir>/data`'s test blocks."""
+    from tuneship.lm.data import tokenizer_digest  # torch/transformers: only when re-scoring
+    from tuneship.lm.evaluate import block_nll, perplexity
+
     if metric != "perplexity":
         raise TuneshipError(f"cannot re-score champion v{version.version} on '{metric}' for the "
                             "causal_lm task: use registry.gate.metric=perplexity")

@@ -65,8 +65,9 @@ def run(cfg: DictConfig) -> dict:
             prompt_template=prompt_template(tokenizer) if chat else None,
             pip_requirements=pinned(),  # without them MLflow's inference imports torchvision
             registered_model_name=reg.model_name,
+            # Inference defaults (callers may override): the continuation only, greedy.
             model_config={"max_new_tokens": ev.max_new_tokens, "do_sample": False,
-                          "repetition_penalty": 1.1},
+                          "repetition_penalty": 1.1, "return_full_text": False},
             metadata={**lineage, "base_model.path": ref.path, "served": "merged",
                       "adapter_artifact": "adapter"},
         )

