@@ -87,6 +87,8 @@ class TrainConfig(_Section):
     logging_steps: int = Field(25, gt=0)
     num_threads: int | None = Field(None, gt=0)
     dataloader_workers: int = Field(0, ge=0)
+    fsdp: str = ""                        # e.g. "full_shard auto_wrap" (Trainer's own FSDP)
+    fsdp_config: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _save_on_eval(self) -> TrainConfig:

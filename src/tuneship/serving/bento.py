@@ -72,6 +72,10 @@ def bentofile(path: Path, docker: DockerConfig, ctx: Path) -> dict[str, Any]:
         packages = [p for p in packages if not p.startswith("torch==")]
         python["wheels"] = [*python.get("wheels", []), f"wheels/{wheel.name}"]
         python.pop("extra_index_url", None)  # the bundled wheel replaces the CPU index
+    if docker.cuda_version:  # PyPI's Linux torch is the CUDA build: drop the CPU index and label
+        packages = [p.split("+")[0] if p.startswith("torch==") else p for p in packages]
+        python.pop("extra_index_url", None)
+        spec.setdefault("docker", {})["cuda_version"] = docker.cuda_version
     python["packages"] = packages
     if docker.base_image:
         spec.setdefault("docker", {})["base_image"] = docker.base_image

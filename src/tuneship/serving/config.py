@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class DockerConfig(BaseModel):
@@ -10,6 +10,14 @@ class DockerConfig(BaseModel):
 
     base_image: str | None = None
     torch_wheel: str | None = None
+    cuda_version: str | None = None  # set: the GPU variant (CUDA torch, nvidia/cuda base image)
+
+    @model_validator(mode="after")
+    def _one_torch(self) -> DockerConfig:
+        if self.cuda_version and self.torch_wheel:
+            raise ValueError("cuda_version (CUDA torch from PyPI) and torch_wheel (a CPU wheel) "
+                             "exclude each other")
+        return self
 
 
 class ServeConfig(BaseModel):

@@ -53,6 +53,8 @@ def training_args(cfg: TrainConfig, out_dir: Path, seed: int,
         length_column_name="length",  # precomputed by the preprocess stage
         dataloader_num_workers=cfg.dataloader_workers,
         report_to=report_to,
+        fsdp=cfg.fsdp,
+        fsdp_config=cfg.fsdp_config,
         seed=seed,
         data_seed=seed,
         disable_tqdm=False,
