@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from tuneship.redact import redact
+
 LOGGED_SECTIONS = ("data", "model", "train", "eval")
 
 
@@ -16,7 +18,7 @@ def config_params(cfg: DictConfig) -> dict[str, str]:
             for key, value in node.items():
                 walk(f"{prefix}.{key}", value)
         else:
-            flat[prefix] = str(node)[:6000]
+            flat[prefix] = str(redact(node, prefix))[:6000]
 
     for name in LOGGED_SECTIONS:
         walk(name, OmegaConf.to_container(cfg[name], resolve=True))

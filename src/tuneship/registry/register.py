@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from tuneship.config import ModelConfig, RegistryConfig, section
 from tuneship.data.preprocess import load_prepared
 from tuneship.errors import TuneshipError
+from tuneship.redact import redact
 from tuneship.registry.card import model_card
 from tuneship.registry.lineage import git_commit, pinned
 from tuneship.registry.tracking import stage_run
@@ -49,7 +50,7 @@ def run(cfg: DictConfig) -> dict:
         version = str(info.registered_model_version)
         card = model_card(reg.model_name, version, lineage, stats, report, train)
         mlflow.log_text(card, "model_card.md")
-        mlflow.log_dict(OmegaConf.to_container(cfg, resolve=True), "config/resolved.yaml")
+        mlflow.log_dict(redact(OmegaConf.to_container(cfg, resolve=True)), "config/resolved.yaml")
     _tag_version(reg, version, lineage, report, card)
     result = {"name": reg.model_name, "version": version, "run_id": lineage["run_id"],
               "model_uri": f"models:/{reg.model_name}/{version}"}
