@@ -118,7 +118,8 @@ def model_card() -> dict[str, Any]:
     """What `GET /model` shows: name, version, alias, metrics, lineage (from the model store)."""
     stored = bentoml.models.get(MODEL_TAG)
     meta = stored.info.metadata
-    return {"name": meta["name"], "version": str(meta["version"]), "alias": ARGS.alias,
+    return {"name": meta["name"], "version": str(meta["version"]),
+            "alias": meta.get("alias") or ARGS.alias,  # the alias it held when imported
             "bento_model": str(stored.tag),
             "labels": meta["label_names"], "metrics": meta.get("metrics", {}),
             "lineage": meta.get("lineage", {}),

@@ -8,124 +8,17 @@ API key. No mocks: answers are checked against the registered model loaded in th
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-NAME = "tuneship-smoke"
-API_KEY = "tuneship-test-key-4f9c2d"
-TEXTS = ["a gripping, beautifully acted film", "a dull and lifeless mess",
-         "the plot is thin but the jokes land", "I would not watch it again",
-         "an instant classic", "two hours I will never get back"]
-READY_TIMEOUT_S = 150
-FAST_SMOKE = ["experiment=smoke", "train.max_steps=2", "train.eval_steps=2",
-              "train.save_steps=2", "eval.bootstrap_samples=10"]
-
-
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen
-    log: Path
-
-
-@dataclass
-class Served:
-    open: Server
-    keyed: Server
-    tracking_uri: str
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start(env: dict[str, str], log: Path) -> Server:
-    port = _free_port()
-    cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", f"{NAME}:latest",
-           "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=ROOT)
-    return Server(f"http://127.0.0.1:{port}", proc, log)
-
-
-def _wait_ready(server: Server, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            pytest.fail(f"bentoml serve exited ({server.proc.returncode}):\n"
-                        f"{server.log.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.3)
-    pytest.fail(f"{server.url} not ready in {READY_TIMEOUT_S} s:\n{server.log.read_text()[-3000:]}")
-
-
-def _stop(server: Server) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.proc.pid, signal.SIGTERM)
-    try:
-        server.proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.proc.pid, signal.SIGKILL)
-        server.proc.wait(timeout=10)
-
-
-def _run(script: str, overrides: list[str], env: dict[str, str], timeout: int) -> None:
-    done = subprocess.run([sys.executable, f"pipelines/{script}", *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
-
-
-@pytest.fixture(scope="session")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """Smoke champion → BentoML store → bento → two `bentoml serve` processes."""
-    tmp = tmp_path_factory.mktemp("serving")
-    tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    env = {**os.environ, "TUNESHIP_OUTPUT_DIR": str(tmp / "outputs"),
-           "MLFLOW_TRACKING_URI": tracking_uri, "TUNESHIP_ARTIFACTS": str(tmp / "mlartifacts"),
-           "TUNESHIP_CACHE": str(ROOT / ".cache"), "BENTOML_HOME": str(tmp / "bentoml"),
-           "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("TUNESHIP_API_KEY", None)
-    _run("run.py", FAST_SMOKE, env, timeout=420)
-    _run("bento.py", ["experiment=smoke"], env, timeout=240)
-    open_server = _start(env, tmp / "open.log")
-    keyed = _start({**env, "TUNESHIP_API_KEY": API_KEY}, tmp / "keyed.log")
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        _wait_ready(open_server, deadline)
-        _wait_ready(keyed, deadline)
-        yield Served(open_server, keyed, tracking_uri)
-    finally:
-        _stop(open_server)
-        _stop(keyed)
-
-
-@pytest.fixture(scope="session")
-def client(served: Served) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=served.open.url, timeout=30) as http:
-        yield http
+from tests.integration.conftest import API_KEY, NAME, TEXTS  # fixtures `served`, `client`: conftest
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model = import_champion(reg, serve)
     bento = build(serve, str(model.tag))
     return {"model": str(model.tag), "bento": str(bento.tag), "path": bento.path,
-            "labels": model.info.labels}
+            "labels": model.info.labels,
+            "serve": f"bentoml serve {bento.tag} --host {serve.host} --port {serve.port}"}
 
 
 def build(serve: ServeConfig, model_tag: str, bentos_dir: Path | None = None) -> bentoml.Bento:
