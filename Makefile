@@ -91,39 +91,78 @@ clean: ## Remove outputs and the local MLflow store (keeps .venv)
 	rm -rf outputs multirun mlflow.db mlartifacts .cache
 
 # --- serving (BentoML) ---------------------------------------------------------------------
-# (targets: bento, serve, containerize, container-run — see bentos/README.md)
+# (targets: bento, serve, container-engine, containerize, container-run — see bentos/README.md
+#  and deploy/container/README.md)
 export BENTOML_DO_NOT_TRACK ?= true
 # The bento (and its image) is named after the registered model: tuneship-<experiment>.
 BENTO_NAME ?= tuneship-$(experiment)
 BENTO ?= $(BENTO_NAME):latest
 IMAGE ?= $(BENTO_NAME):latest
+TUNESHIP_CONTAINER ?= $(BENTO_NAME)
 SERVE_HOST ?= 127.0.0.1
 SERVE_PORT ?= 3000
+READY_TIMEOUT ?= 180
 BENTOML := $(VENV)/bin/bentoml
-.PHONY: bento serve containerize container-run
+.PHONY: bento serve container-engine containerize container-run
 
 bento: setup ## Import the $(experiment) champion into BentoML and build its bento (bentos/)
-	$(PY) pipelines/bento.py $(HYDRA_ARGS)
+	@. deploy/container/image-path.sh $(PY); $(PY) pipelines/bento.py $(HYDRA_ARGS)
 
 serve: setup ## Serve that bento on http://127.0.0.1:3000 (set TUNESHIP_API_KEY for auth)
 	@$(BENTOML) get $(BENTO) >/dev/null 2>&1 || { echo "serve: no bento $(BENTO) in" \
 		"$(BENTOML_HOME): run 'make bento experiment=$(experiment)' first" >&2; exit 1; }
 	$(BENTOML) serve $(BENTO) --host $(SERVE_HOST) --port $(SERVE_PORT)
 
-containerize: setup ## Build its OCI image (docker, else podman/buildah: deploy/container)
+container-engine: ## Install podman/buildah (root, apt) and build the offline base image, if needed
+	bash .ci/install-container-engine.sh
+	@if command -v docker >/dev/null 2>&1 && timeout 20 docker info >/dev/null 2>&1; then \
+		echo "container-engine: docker works: no local base image needed (official python:3.11-slim)"; \
+	elif curl -s -o /dev/null -m 5 https://registry-1.docker.io/v2/; then \
+		echo "container-engine: Docker Hub reachable: podman pulls python:3.11-slim, no local base image"; \
+	else \
+		echo "container-engine: no registry reachable: building localhost/debian-python:bookworm"; \
+		bash deploy/container/build-base-image.sh; \
+	fi
+
+containerize: setup ## Build the OCI image $(IMAGE) of that bento (docker, else podman/buildah)
 	@$(BENTOML) get $(BENTO) >/dev/null 2>&1 || { echo "containerize: no bento $(BENTO):" \
 		"run 'make bento experiment=$(experiment)' first" >&2; exit 1; }
-	@. deploy/container/engine.sh || { echo "containerize: no container engine (docker, podman" \
-		"or buildah); see deploy/container/README.md" >&2; exit 1; }; \
-	echo "$(BENTOML) containerize $(BENTO) --backend $$CONTAINER_ENGINE --image-tag $(IMAGE)"; \
-	$(BENTOML) containerize $(BENTO) --backend "$$CONTAINER_ENGINE" --image-tag $(IMAGE)
+	@set -o pipefail; . deploy/container/engine.sh || { echo "containerize: no container engine" \
+		"(docker, podman or buildah): run 'make container-engine'; see deploy/container/README.md" >&2; \
+		exit 1; }; \
+	out=$$($(PY) deploy/container/image-labels.py $(BENTO)) || exit 1; mapfile -t labels <<< "$$out"; \
+	base=$$($(BENTOML) get $(BENTO) -o json | $(PY) -c 'import json,sys; print(json.load(sys.stdin)["docker"].get("base_image") or "")'); \
+	if [ -n "$$base" ] && [ "$$CONTAINER_ENGINE" != docker ] && ! $$CONTAINER_ENGINE image exists "$$base"; then \
+		echo "containerize: base image $$base missing: run 'make container-engine'" >&2; exit 1; fi; \
+	echo "$(BENTOML) containerize $(BENTO) --backend $$CONTAINER_ENGINE --image-tag $(IMAGE) $$(printf '%q ' "$${labels[@]}")"; \
+	t0=$$SECONDS; \
+	$(BENTOML) containerize $(BENTO) --backend "$$CONTAINER_ENGINE" --image-tag $(IMAGE) "$${labels[@]}" && \
+	if [ "$$CONTAINER_ENGINE" != buildah ]; then \
+		echo "containerize: built $(IMAGE) in $$((SECONDS - t0)) s," \
+			"$$($$CONTAINER_ENGINE image inspect --format '{{.Size}}' $(IMAGE) | numfmt --to=si)B;" \
+			"dangling layers: $$CONTAINER_ENGINE image prune -f"; fi
 
-container-run: setup ## Run that image on 127.0.0.1:3000 (passes TUNESHIP_API_KEY if set)
-	@. deploy/container/engine.sh || { echo "container-run: no container engine; see" \
-		"deploy/container/README.md" >&2; exit 1; }; \
+container-run: ## Run that image in the background on $(SERVE_HOST):$(SERVE_PORT), wait for /readyz
+	@. deploy/container/engine.sh || { echo "container-run: no container engine; run" \
+		"'make container-engine', see deploy/container/README.md" >&2; exit 1; }; \
 	if [ "$$CONTAINER_ENGINE" = buildah ]; then \
 		echo "container-run: buildah builds but does not run images: install podman or Docker" >&2; \
 		exit 1; fi; \
-	$$CONTAINER_ENGINE run --rm -p $(SERVE_HOST):$(SERVE_PORT):3000 \
-		$${TUNESHIP_API_KEY:+-e TUNESHIP_API_KEY} $(IMAGE)
+	$$CONTAINER_ENGINE rm -f $(TUNESHIP_CONTAINER) >/dev/null 2>&1 || true; \
+	if [ "$$CONTAINER_ENGINE" = podman ]; then net=(--network host -e BENTOML_HOST=$(SERVE_HOST) \
+		-e BENTOML_PORT=$(SERVE_PORT)); else net=(-p $(SERVE_HOST):$(SERVE_PORT):3000); fi; \
+	echo "$$CONTAINER_ENGINE run -d --name $(TUNESHIP_CONTAINER) $${net[*]} $(IMAGE)"; \
+	$$CONTAINER_ENGINE run -d --name $(TUNESHIP_CONTAINER) "$${net[@]}" \
+		$${TUNESHIP_API_KEY:+-e TUNESHIP_API_KEY} $(IMAGE) >/dev/null || exit 1; \
+	url=http://$(SERVE_HOST):$(SERVE_PORT); deadline=$$((SECONDS + $(READY_TIMEOUT))); \
+	until curl -sf -m 2 -o /dev/null $$url/readyz; do \
+		if [ "$$($$CONTAINER_ENGINE inspect -f '{{.State.Running}}' $(TUNESHIP_CONTAINER) 2>/dev/null)" != true ] \
+			|| [ $$SECONDS -ge $$deadline ]; then \
+			echo "container-run: $(TUNESHIP_CONTAINER) not ready at $$url/readyz within $(READY_TIMEOUT) s:" >&2; \
+			$$CONTAINER_ENGINE logs --tail 40 $(TUNESHIP_CONTAINER) >&2; \
+			$$CONTAINER_ENGINE rm -f $(TUNESHIP_CONTAINER) >/dev/null; exit 1; fi; \
+		sleep 1; done; \
+	echo "container-run: $(IMAGE) ready at $$url (container $(TUNESHIP_CONTAINER))"; \
+	echo "  logs: $$CONTAINER_ENGINE logs -f $(TUNESHIP_CONTAINER)"; \
+	echo "  stop: $$CONTAINER_ENGINE rm -f $(TUNESHIP_CONTAINER)"
 # --- end serving ---------------------------------------------------------------------------

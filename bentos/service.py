@@ -184,7 +184,8 @@ class Classifier:
         self.token_budget = int(TOKEN_BUDGET_ENV or (256 if self.device == "cpu" else 16384))
         self.tokenizer = AutoTokenizer.from_pretrained(stored.path_of(files["tokenizer"]))
         model = AutoModelForSequenceClassification.from_pretrained(
-            stored.path_of(files["model"]), dtype=getattr(torch, files["torch_dtype"]))
+            stored.path_of(files["model"]), dtype=getattr(torch, files["torch_dtype"]),
+            use_safetensors=True)  # never unpickle weights: a .bin-only model fails to load
         self.model = model.to(self.device).eval()
         config = model.config
         self.max_length = min(self.tokenizer.model_max_length, config.max_position_embeddings)

@@ -45,6 +45,7 @@ class Served:
     open: Server
     keyed: Server
     tracking_uri: str
+    bentoml_home: Path
 
 
 def _free_port() -> int:
@@ -111,7 +112,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         deadline = time.monotonic() + READY_TIMEOUT_S
         _wait_ready(open_server, deadline)
         _wait_ready(keyed, deadline)
-        yield Served(open_server, keyed, tracking_uri)
+        yield Served(open_server, keyed, tracking_uri, tmp / "bentoml")
     finally:
         _stop(open_server)
         _stop(keyed)

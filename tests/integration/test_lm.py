@@ -27,8 +27,8 @@ NAME = "tuneship-smoke_lm"
 def lm_runs(session_workspace: Path) -> dict:
     """smoke_lm end to end, a strict re-registration of the same adapter, smoke_lm_chat."""
     first = run_stages(compose_config(["experiment=smoke_lm"]))
-    strict = run_stages(compose_config(["experiment=smoke_lm", "registry.gate.min_improvement=1000"]),
-                        ("register", "promote"))
+    strict_cfg = compose_config(["experiment=smoke_lm", "registry.gate.min_improvement=1000"])
+    strict = run_stages(strict_cfg, ("register", "promote"))
     chat = run_stages(compose_config(["experiment=smoke_lm_chat"]))
     mlflow.set_tracking_uri(f"sqlite:///{session_workspace / 'mlflow.db'}")
     return {"first": first, "strict": strict, "chat": chat, "client": MlflowClient()}
@@ -107,6 +107,18 @@ def test_instruction_data_scores_rouge_and_bleu(lm_runs):
     model = mlflow.pyfunc.load_model(chat["register"]["model_uri"])
     answer = model.predict(["What is the capital of France?"])  # wrapped in the chat template
     assert isinstance(answer[0], str)
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(lm_runs, monkeypatch):
+    cfg = compose_config(["experiment=smoke_lm", "experiment_name=smoke_lm_resume"])
+    ckpt_dir = Path(cfg.paths.work_dir) / "checkpoints"
+    with monkeypatch.context() as patch:  # as if killed right after the last checkpoint
+        patch.setattr("tuneship.lm.train.resume.finish", lambda folder: None)
+        first = run_stages(cfg, ("preprocess", "train"))["train"]
+    assert first["resumed_from_step"] == 0 and (ckpt_dir / "checkpoint-12").is_dir()
+    again = run_stages(cfg, ("train",))["train"]
+    assert again["resumed_from_step"] == 12
+    assert not ckpt_dir.exists()  # a finished run keeps the model, not the checkpoints
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+from tests.integration.conftest import API_KEY, NAME, TEXTS, Served  # fixtures: conftest.py
 
-from tests.integration.conftest import API_KEY, NAME, TEXTS  # fixtures `served`, `client`: conftest
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="session")

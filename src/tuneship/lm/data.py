@@ -24,6 +24,7 @@ from pathlib import Path
 
 import datasets
 import mlflow
+import mlflow.data
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
@@ -60,6 +61,11 @@ def run(cfg: DictConfig) -> dict:
         mlflow.log_metrics({f"data.{k}_{split}": float(v) for k in ("rows", "tokens")
                             for split, v in stats[k].items()})
         mlflow.log_dict(stats, "data/stats.json")
+        for split, context in (("train", "training"), ("test", "testing")):
+            frame = prepared.splits[split].select_columns(["input_ids"]).to_pandas()
+            mlflow.log_input(mlflow.data.from_pandas(
+                frame, source=data_cfg.source, name=f"{stats['dataset']}-{split}",
+                digest=stats["fingerprint"]), context=context)
     return stats
 
 
