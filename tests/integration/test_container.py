@@ -1,8 +1,9 @@
 """`make containerize` and the image it builds, end to end, with a real container engine.
 
-Session setup (cold: ~10 min on 2 cores, mostly BentoML's build-essential layer and the bento's
-requirements; warm: a few minutes): the smoke pipeline into a temporary MLflow store, `make bento`'s
-build into a temporary BENTOML_HOME (with the base image / torch source `image-path.sh` picks),
+Session setup (~2 min with a warm layer cache, ~5 min cold on 2 cores: the bento's requirements
+and torch install dominate; the base image is built first if missing, ~70 s more): the smoke
+pipeline into a temporary MLflow store, `make bento`'s build into a temporary BENTOML_HOME
+(with the base image / torch source `image-path.sh` picks),
 `make containerize` into a uniquely tagged image, then one container on a free loopback port.
 The container and the image are removed afterwards, also on failure, and dangling layers pruned.
 Skips only when there is no engine that can run containers (docker or podman).
@@ -71,7 +72,8 @@ def _engine(env: dict[str, str]) -> str:
                            ' && echo "${CONTAINERS_CONF:-}"'], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
-        pytest.skip(f"no container engine: {done.stderr.strip()} (.ci/install-container-engine.sh)")
+        pytest.skip(f"{done.stderr.strip() or 'no container engine'} "
+                    "(.ci/install-container-engine.sh)")
     engine, conf = (done.stdout.splitlines() + [""])[:2]
     if engine == "buildah":
         pytest.skip("only buildah here: it builds images but cannot run them (install podman)")
