@@ -58,6 +58,6 @@ def run_stages(cfg: DictConfig, names: tuple[str, ...] = ORDER) -> dict[str, dic
 
 
 def objective(results: dict[str, dict]) -> float | None:
-    """The headline test metric, returned to Hydra sweepers (higher is better)."""
+    """The headline test metric, returned to Hydra sweepers (direction: see hparams_search)."""
     report = results.get("evaluate")
     return report["metrics"][report["headline"]] if report else None

@@ -49,8 +49,9 @@ class SweepCallback(Callback):
         if trials.empty:
             client.set_terminated(parent, "FAILED")
             return
-        best = trials.iloc[trials[metric].idxmax()]
-        log_summary(client, parent, trials, metric)
+        higher = reg.gate.higher_is_better  # perplexity sweeps minimise
+        best = trials.iloc[trials[metric].idxmax() if higher else trials[metric].idxmin()]
+        log_summary(client, parent, trials, metric, higher)
         results = promote_best(config, Path(best["work_dir"]))
         client.set_tag(parent, "tuneship.best_trial_run", best["run_id"])
         client.set_tag(parent, "tuneship.registered_version", results["register"]["version"])
@@ -72,7 +73,8 @@ def summarize(client: MlflowClient, parent: str, metric: str) -> pd.DataFrame:
     return frame.dropna(subset=[metric]).reset_index(drop=True) if not frame.empty else frame
 
 
-def log_summary(client: MlflowClient, parent: str, trials: pd.DataFrame, metric: str) -> None:
+def log_summary(client: MlflowClient, parent: str, trials: pd.DataFrame, metric: str,
+                higher: bool = True) -> None:
     """The trials table (CSV) and objective vs trial (PNG) as artifacts of the parent run."""
     import matplotlib
 
@@ -83,7 +85,8 @@ def log_summary(client: MlflowClient, parent: str, trials: pd.DataFrame, metric:
         trials.drop(columns=["work_dir"]).to_csv(Path(tmp) / "trials.csv", index=False)
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot(trials["trial"], trials[metric], "o-", label=metric)
-        ax.plot(trials["trial"], trials[metric].cummax(), "--", label="best so far")
+        best = trials[metric].cummax() if higher else trials[metric].cummin()
+        ax.plot(trials["trial"], best, "--", label="best so far")
         ax.set_xlabel("trial")
         ax.set_ylabel(metric)
         ax.legend()
@@ -91,7 +94,8 @@ def log_summary(client: MlflowClient, parent: str, trials: pd.DataFrame, metric:
         fig.savefig(Path(tmp) / "objective.png", dpi=110)
         plt.close(fig)
         client.log_artifacts(parent, tmp, artifact_path="sweep")
-    client.log_metric(parent, f"best_{metric}", float(trials[metric].max()))
+    client.log_metric(parent, f"best_{metric}",
+                      float(trials[metric].max() if higher else trials[metric].min()))
 
 
 def promote_best(config: DictConfig, work_dir: Path) -> dict:
