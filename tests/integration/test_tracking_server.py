@@ -1,6 +1,8 @@
 """The same pipeline against a real `mlflow server` (SQL backend, served artifacts) over HTTP."""
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,26 +38,42 @@ def tracking_server(request, tmp_path: Path):
         backend = POSTGRES_URI
     else:
         pytest.skip("no PostgreSQL: set TUNESHIP_TEST_POSTGRES_URI (.ci/start-postgres.sh does)")
+    for attempt in (1, 2):  # a second try if the first server exits early (e.g. a port race)
+        server = start_server(backend, tmp_path, tmp_path / f"server-{attempt}.log")
+        if server is not None:
+            break
+    else:
+        log = (tmp_path / "server-2.log").read_text()[-3000:]
+        pytest.fail(f"mlflow server did not start on {backend.split('@')[-1]}:\n{log}")
+    proc, url = server
+    yield url, tmp_path / "served"
+    os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers/job runner
+    proc.wait(timeout=30)
+
+
+def start_server(backend: str, tmp_path: Path, log: Path):
+    """Start `mlflow server` in its own process group; (proc, url) once /health answers."""
     port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--backend-store-uri", backend,
-         "--artifacts-destination", str(tmp_path / "served"), "--serve-artifacts",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(mlflow_bin), "server", "--backend-store-uri", backend,
+             "--artifacts-destination", str(tmp_path / "served"), "--serve-artifacts",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
-    while True:
+    while proc.poll() is None and time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
+                return proc, url
         except httpx.HTTPError:
             pass
-        assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
         time.sleep(0.5)
-    yield url, tmp_path / "served"
-    proc.terminate()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    return None
 
 
 def test_smoke_pipeline_against_a_tracking_server(tracking_server, workspace, monkeypatch):
