@@ -93,17 +93,24 @@ def _run(script: str, overrides: list[str], env: dict[str, str], timeout: int) -
     assert done.returncode == 0, f"{script} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
 
 
-@pytest.fixture(scope="session")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """Smoke champion → BentoML store → bento → two `bentoml serve` processes."""
-    tmp = tmp_path_factory.mktemp("serving")
-    tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
+def isolated_env(tmp: Path) -> dict[str, str]:
+    """Environment for a smoke pipeline + bento under `tmp`: own MLflow store and BentoML home."""
     env = {**os.environ, "TUNESHIP_OUTPUT_DIR": str(tmp / "outputs"),
-           "MLFLOW_TRACKING_URI": tracking_uri, "TUNESHIP_ARTIFACTS": str(tmp / "mlartifacts"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+           "TUNESHIP_ARTIFACTS": str(tmp / "mlartifacts"),
            "TUNESHIP_CACHE": str(ROOT / ".cache"), "BENTOML_HOME": str(tmp / "bentoml"),
            "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("TUNESHIP_API_KEY", None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """Smoke champion → BentoML store → bento → two `bentoml serve` processes."""
+    tmp = tmp_path_factory.mktemp("serving")
+    env = isolated_env(tmp)
+    tracking_uri = env["MLFLOW_TRACKING_URI"]
     _run("run.py", FAST_SMOKE, env, timeout=420)
     _run("bento.py", ["experiment=smoke"], env, timeout=240)
     open_server = _start(env, tmp / "open.log")

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,29 +25,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.integration.conftest import FAST_SMOKE, NAME, ROOT, _free_port, _run, isolated_env
+
 pytestmark = [pytest.mark.integration, pytest.mark.container, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-NAME = "tuneship-smoke"
 TEXTS = ["a gripping, beautifully acted film", "a dull and lifeless mess", "an instant classic"]
-# The same short smoke run as the serving tests (self-contained: they share no module here).
-FAST_SMOKE = ["experiment=smoke", "train.max_steps=2", "train.eval_steps=2",
-              "train.save_steps=2", "eval.bootstrap_samples=10"]
 BASE_IMAGE = "localhost/debian-python:bookworm"
 BUILD_TIMEOUT_S = 1800  # cold build on a busy 2-core VM: build-essential + torch + requirements
 READY_TIMEOUT_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _run(script: str, overrides: list[str], env: dict[str, str], timeout: int) -> None:
-    done = subprocess.run([sys.executable, f"pipelines/{script}", *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
 
 
 @dataclass
@@ -130,13 +113,8 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     if not shutil.which("make"):
         pytest.skip("make not installed")
     tmp = tmp_path_factory.mktemp("container")
-    tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    env = {**os.environ, "TUNESHIP_OUTPUT_DIR": str(tmp / "outputs"),
-           "MLFLOW_TRACKING_URI": tracking_uri, "TUNESHIP_ARTIFACTS": str(tmp / "mlartifacts"),
-           "TUNESHIP_CACHE": str(ROOT / ".cache"), "BENTOML_HOME": str(tmp / "bentoml"),
-           "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("TUNESHIP_API_KEY", None)
+    env = isolated_env(tmp)
+    tracking_uri = env["MLFLOW_TRACKING_URI"]
     engine = _engine(env)
     _image_path_env(env)
     _ensure_base_image(engine, env)
