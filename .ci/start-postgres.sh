@@ -2,6 +2,7 @@
 # Start a local PostgreSQL (Debian package) for the tracking-server test; print the URI to use.
 # Idempotent. Exits non-zero with a reason if PostgreSQL cannot be installed or started.
 set -euo pipefail
+exec 3>&1 1>&2  # every tool's chatter goes to stderr; only the URI goes to stdout (fd 3)
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   echo "installing postgresql (Debian package)" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null
@@ -19,4 +20,4 @@ runuser -u postgres -- psql -q -tc "SELECT 1 FROM pg_roles WHERE rolname='tunesh
   grep -q 1 || runuser -u postgres -- psql -q -c "CREATE ROLE tuneship LOGIN PASSWORD 'tuneship'"
 runuser -u postgres -- psql -q -tc "SELECT 1 FROM pg_database WHERE datname='mlflow_ci'" |
   grep -q 1 || runuser -u postgres -- createdb -O tuneship mlflow_ci
-echo "postgresql://tuneship:tuneship@127.0.0.1:5432/mlflow_ci"
+echo "postgresql://tuneship:tuneship@127.0.0.1:5432/mlflow_ci" >&3

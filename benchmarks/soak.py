@@ -4,7 +4,10 @@ Loopback only. Closed-loop asyncio + aiohttp clients (concurrency 64 by default)
 SST-2-like texts to `/classify` for `--duration` seconds and the script prints: requests sent and
 answered, answers by status, 5xx, lost requests (sent - answered: timeouts, resets), p50/p99, and
 the service's RSS (summed over the `bentoml serve` process tree) at `--baseline-at` seconds
-(default 60: "minute 1") and at the end, with the growth in percent.
+(default 60: "minute 1") and at the end, with the growth in percent. `--warmup S` first runs the
+same load for S seconds, unmeasured (the service's allocators fill during the first ~60 s at
+concurrency 64: a fresh smoke service grew 620 -> 875 MiB over its first 60 s, then stayed within
+0.5 % over the next 90 s).
 
     # against a running service (give the root pid of `bentoml serve` for the RSS figures)
     .venv/bin/python benchmarks/soak.py --url http://127.0.0.1:3000 --pid <pid>
@@ -41,6 +44,7 @@ TEXTS = ["a gripping, beautifully acted film", "a dull and lifeless mess",
          "an instant classic", "two hours I will never get back",
          "it's a charming and often affecting journey", "unflinchingly bleak and desperate"]
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+SAMPLE_EVERY_S = 5
 
 
 def tree_rss(pid: int) -> int:
@@ -107,6 +111,7 @@ async def soak(url: str, *, duration: float, concurrency: int, pid: int | None,
     latencies: list[float] = []
     sent = 0
     rss: dict[str, int | None] = {"start": tree_rss(pid) if pid else None, "baseline": None}
+    series: list[tuple[int, float]] = []
     start = time.monotonic()
     end = start + duration
 
@@ -127,15 +132,19 @@ async def soak(url: str, *, duration: float, concurrency: int, pid: int | None,
             except (TimeoutError, aiohttp.ClientError) as error:
                 failures[type(error).__name__] += 1  # lost: no HTTP answer
 
-    async def sample_baseline() -> None:
-        await asyncio.sleep(baseline_at)
-        if pid:
-            rss["baseline"] = tree_rss(pid)
+    async def sample_rss() -> None:
+        """RSS every SAMPLE_EVERY_S; the first sample at or after `baseline_at` is the baseline."""
+        while pid:
+            await asyncio.sleep(SAMPLE_EVERY_S)
+            at, value = time.monotonic() - start, tree_rss(pid)
+            series.append((round(at), round(value / 2**20, 1)))
+            if rss["baseline"] is None and at >= baseline_at:
+                rss["baseline"] = value
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     client_timeout = aiohttp.ClientTimeout(total=timeout)
     async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
-        sampler = asyncio.create_task(sample_baseline())
+        sampler = asyncio.create_task(sample_rss())
         await asyncio.gather(*(worker(i, session) for i in range(concurrency)))
         sampler.cancel()
     elapsed = time.monotonic() - start
@@ -157,6 +166,7 @@ async def soak(url: str, *, duration: float, concurrency: int, pid: int | None,
         "rss_baseline_mib": base and round(base / 2**20, 1),
         "rss_end_mib": end_rss and round(end_rss / 2**20, 1),
         "rss_growth_pct": round(100 * (end_rss - base) / base, 2) if base and end_rss else None,
+        "rss_series_mib": series,
     }
 
 
@@ -170,6 +180,8 @@ def report(r: dict) -> None:
         print(f"  RSS (process tree): start {r['rss_start_mib']} MiB, at {r['rss_baseline_at_s']:.0f} s "
               f"{r['rss_baseline_mib']} MiB, end {r['rss_end_mib']} MiB, "
               f"growth {r['rss_growth_pct']} %")
+        series = " ".join(f"{v:.0f}" for _, v in r["rss_series_mib"])
+        print(f"  RSS every {SAMPLE_EVERY_S} s (MiB): {series}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--baseline-at", type=float, default=60.0,
                         help="seconds into the run for the first RSS sample (default 60)")
+    parser.add_argument("--warmup", type=float, default=0.0,
+                        help="seconds of the same load before the measured run (default 0)")
     parser.add_argument("--timeout", type=float, default=60.0, help="per request, seconds")
     parser.add_argument("--max-growth", type=float, default=10.0, help="RSS growth target, %%")
     parser.add_argument("--api-key", default=os.environ.get("TUNESHIP_API_KEY"))
@@ -202,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"loopback only: {url}")
     headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     try:
+        if args.warmup > 0:
+            warm = asyncio.run(soak(url, duration=args.warmup, concurrency=args.concurrency,
+                                    pid=pid, baseline_at=0, timeout=args.timeout, headers=headers))
+            print(f"warm-up: {warm['answered']} answered in {warm['duration_s']} s, RSS "
+                  f"{warm['rss_start_mib']} -> {warm['rss_end_mib']} MiB (not measured)")
         result = asyncio.run(soak(url, duration=args.duration, concurrency=args.concurrency,
                                   pid=pid, baseline_at=args.baseline_at, timeout=args.timeout,
                                   headers=headers))

@@ -35,6 +35,8 @@ def tracking_server(request, tmp_path: Path):
     if request.param == "sqlite":
         backend = f"sqlite:///{tmp_path / 'server.db'}"
     elif POSTGRES_URI:
+        if not POSTGRES_URI.startswith("postgresql"):
+            pytest.fail(f"TUNESHIP_TEST_POSTGRES_URI is not a PostgreSQL URI: {POSTGRES_URI[:40]!r}...")
         backend = POSTGRES_URI
     else:
         pytest.skip("no PostgreSQL: set TUNESHIP_TEST_POSTGRES_URI (.ci/start-postgres.sh does)")
