@@ -25,6 +25,7 @@ import os
 from typing import Annotated, Any
 
 import bentoml
+from common import ModelRef, device, flag, load_args, stored_card, torch_threads
 from guards import Guard
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, StringConstraints
@@ -33,39 +34,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-# The model is inside the bento: never wait on the hub (transformers is imported later, on load).
-for _key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(_key, "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 log = logging.getLogger("tuneship.service")
-
-
-class ServeArgs(BaseModel):
-    """Bento arguments (`bentoml build/serve --arg`); `make bento` fills them from conf/serve/."""
-
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
-
-    model_tag: str | None = None
-    alias: str = "champion"
-    max_texts: int = Field(64, gt=0)
-    max_text_chars: int = Field(2000, gt=0)
-    max_request_bytes: int = Field(1_048_576, gt=0)
-    batching: bool = True
-    max_batch_size: int = Field(64, gt=1)
-    max_latency_ms: int = Field(10_000, gt=0)
-
-
-def _flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    return default if not value else value not in ("0", "false", "no", "off")
-
-
-ARGS = bentoml.use_arguments(ServeArgs)
-MODEL_TAG = os.environ.get("TUNESHIP_MODEL_TAG") or ARGS.model_tag
-if not MODEL_TAG:
-    raise RuntimeError("no model to serve: build the bento with `make bento` (bento argument "
-                       "model_tag) or set TUNESHIP_MODEL_TAG to a model in the BentoML store")
-BATCHING = _flag("TUNESHIP_BATCHING", ARGS.batching)
+ARGS, MODEL_TAG = load_args()
+BATCHING = flag("TUNESHIP_BATCHING", ARGS.batching)
 # Padded tokens per forward pass (Classifier.infer). On CPU small passes of similar lengths win
 # (MiniLM, 1 thread: 47 texts/s at 128-256 vs 21 at 4096; bentos/README.md); GPUs want big ones.
 TOKEN_BUDGET_ENV = os.environ.get("TUNESHIP_TOKEN_BUDGET")
@@ -94,15 +65,6 @@ class Prediction(BaseModel):
     scores: dict[str, float] | None = None
 
 
-class ModelRef(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-
-    name: str
-    version: str
-    alias: str
-    bento_model: str
-
-
 class ClassifyResponse(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -116,25 +78,11 @@ class ClassifyResponse(BaseModel):
 @functools.cache
 def model_card() -> dict[str, Any]:
     """What `GET /model` shows: name, version, alias, metrics, lineage (from the model store)."""
-    stored = bentoml.models.get(MODEL_TAG)
-    meta = stored.info.metadata
-    return {"name": meta["name"], "version": str(meta["version"]),
-            "alias": meta.get("alias") or ARGS.alias,  # the alias it held when imported
-            "bento_model": str(stored.tag),
-            "labels": meta["label_names"], "metrics": meta.get("metrics", {}),
-            "lineage": meta.get("lineage", {}),
+    meta = bentoml.models.get(MODEL_TAG).info.metadata
+    return {**stored_card(MODEL_TAG, ARGS.alias), "labels": meta["label_names"],
             "serving": {"batching": BATCHING, "max_batch_size": ARGS.max_batch_size,
                         "max_latency_ms": ARGS.max_latency_ms, "max_texts": ARGS.max_texts,
                         "max_text_chars": ARGS.max_text_chars}}
-
-
-def _device() -> str:
-    import torch
-
-    wanted = os.environ.get("TUNESHIP_DEVICE", "auto")
-    if wanted == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return wanted
 
 
 def length_chunks(lengths: list[int], budget: int) -> list[list[int]]:
@@ -146,17 +94,6 @@ def length_chunks(lengths: list[int], budget: int) -> list[list[int]]:
         else:
             chunks.append([i])
     return chunks
-
-
-def _torch_threads() -> int:
-    """TUNESHIP_TORCH_THREADS, else all usable cores but one (left to the HTTP processes).
-
-    More intra-op threads than free cores makes torch's thread barriers stall: on a busy
-    2-core machine one text took 165 ms with 2 threads and 3 ms with 1.
-    """
-    if value := os.environ.get("TUNESHIP_TORCH_THREADS"):
-        return max(1, int(value))
-    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 # BentoML 1.4.31+ recycles the caller's client session every `max_requests` calls (default 100)
@@ -178,9 +115,9 @@ class Classifier:
 
         stored = self.bento_model
         files = stored.info.metadata["transformers"]
-        self.device = _device()
+        self.device = device()
         if self.device == "cpu":
-            torch.set_num_threads(_torch_threads())
+            torch.set_num_threads(torch_threads(reserve=1))  # one core for the HTTP processes
         self.token_budget = int(TOKEN_BUDGET_ENV or (256 if self.device == "cpu" else 16384))
         self.tokenizer = AutoTokenizer.from_pretrained(stored.path_of(files["tokenizer"]))
         model = AutoModelForSequenceClassification.from_pretrained(

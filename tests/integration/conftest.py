@@ -3,7 +3,8 @@
 One session-scoped setup (about a minute and a half on 2 cores): the smoke pipeline into a
 temporary MLflow store, `pipelines/bento.py` into a temporary BENTOML_HOME, then two real
 `bentoml serve` processes of the built bento on free loopback ports, one open and one with an
-API key. Lazy: only tests that ask for `served`/`client` pay for it.
+API key. Lazy: only tests that ask for `served`/`client` pay for it. `served_lm` does the same
+for the causal-LM track (smoke_lm, `/generate`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "tuneship-smoke"
+LM_NAME = "tuneship-smoke_lm"
 API_KEY = "tuneship-test-key-4f9c2d"
 TEXTS = ["a gripping, beautifully acted film", "a dull and lifeless mess",
          "the plot is thin but the jokes land", "I would not watch it again",
@@ -54,9 +56,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(env: dict[str, str], log: Path) -> Server:
+def _start(env: dict[str, str], log: Path, bento: str = f"{NAME}:latest") -> Server:
     port = _free_port()
-    cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", f"{NAME}:latest",
+    cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", bento,
            "--host", "127.0.0.1", "--port", str(port)]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -120,6 +122,26 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         _wait_ready(open_server, deadline)
         _wait_ready(keyed, deadline)
         yield Served(open_server, keyed, tracking_uri, tmp / "bentoml")
+    finally:
+        _stop(open_server)
+        _stop(keyed)
+
+
+@pytest.fixture(scope="session")
+def served_lm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """smoke_lm (tiny Llama + LoRA) trained, gated, registered → its bento → served twice."""
+    tmp = tmp_path_factory.mktemp("serving_lm")
+    env = isolated_env(tmp)
+    _run("run.py", ["experiment=smoke_lm"], env, timeout=420)
+    _run("bento.py", ["experiment=smoke_lm"], env, timeout=240)
+    bento = f"{LM_NAME}:latest"
+    open_server = _start(env, tmp / "open.log", bento)
+    keyed = _start({**env, "TUNESHIP_API_KEY": API_KEY}, tmp / "keyed.log", bento)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        _wait_ready(open_server, deadline)
+        _wait_ready(keyed, deadline)
+        yield Served(open_server, keyed, env["MLFLOW_TRACKING_URI"], tmp / "bentoml")
     finally:
         _stop(open_server)
         _stop(keyed)

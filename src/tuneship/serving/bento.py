@@ -34,13 +34,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     reg = section(cfg, "registry", RegistryConfig)
     serve = section(cfg, "serve", ServeConfig)  # type: ignore[type-var]
     model = import_champion(reg, serve)
-    bento = build(serve, str(model.tag))
-    return {"model": str(model.tag), "bento": str(bento.tag), "path": bento.path,
+    task = model.info.metadata.get("task", "text-classification")
+    bento = build(serve, str(model.tag), task=task)
+    return {"model": str(model.tag), "task": task, "bento": str(bento.tag), "path": bento.path,
             "labels": model.info.labels,
             "serve": f"bentoml serve {bento.tag} --host {serve.host} --port {serve.port}"}
 
 
-def build(serve: ServeConfig, model_tag: str, bentos_dir: Path | None = None) -> bentoml.Bento:
+# The service each task's bento runs (modules of bentos/).
+SERVICES = {"text-classification": "service:Tuneship", "text-generation": "generation:TuneshipLM"}
+
+
+def build(serve: ServeConfig, model_tag: str, task: str = "text-classification",
+          bentos_dir: Path | None = None) -> bentoml.Bento:
     """Build `bentos/` with pinned requirements and the serving limits as bento arguments.
 
     The build runs on a temporary copy of `bentos/`, so the merged bentofile (and a bundled
@@ -51,6 +57,8 @@ def build(serve: ServeConfig, model_tag: str, bentos_dir: Path | None = None) ->
         ctx = Path(tmp) / "bentos"
         shutil.copytree(bentos_dir, ctx, ignore=shutil.ignore_patterns("__pycache__"))
         spec = bentofile(ctx / "bentofile.yaml", serve.docker, ctx)
+        spec["service"] = SERVICES[task]
+        spec.setdefault("labels", {})["task"] = task
         (ctx / "bentofile.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         with contextlib.chdir(ctx):  # BentoML only reads wheels below the working directory
             bento = bentoml.bentos.build_bentofile(

@@ -20,6 +20,16 @@ class DockerConfig(BaseModel):
         return self
 
 
+class GenerateLimits(BaseModel):
+    """`/generate` bounds (causal-LM bentos)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int = Field(256, gt=0)
+    max_prompt_chars: int = Field(4000, gt=0)
+    max_stop: int = Field(4, ge=0)
+
+
 class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
@@ -32,6 +42,7 @@ class ServeConfig(BaseModel):
     batching: bool = True
     max_batch_size: int = Field(64, gt=1)
     max_latency_ms: int = Field(10_000, gt=0)
+    generate: GenerateLimits = GenerateLimits()
     host: str = "127.0.0.1"
     port: int = Field(3000, gt=0, lt=65536)
     docker: DockerConfig = DockerConfig()
@@ -41,4 +52,5 @@ class ServeConfig(BaseModel):
         return {"model_tag": model_tag, "alias": self.alias, "max_texts": self.max_texts,
                 "max_text_chars": self.max_text_chars,
                 "max_request_bytes": self.max_request_bytes, "batching": self.batching,
-                "max_batch_size": self.max_batch_size, "max_latency_ms": self.max_latency_ms}
+                "max_batch_size": self.max_batch_size, "max_latency_ms": self.max_latency_ms,
+                **self.generate.model_dump()}

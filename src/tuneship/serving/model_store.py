@@ -76,26 +76,38 @@ def model_labels(version: ModelVersion, alias: str) -> dict[str, str]:
             "experiment": tags.get("experiment", "")}
 
 
+SERVABLE_TASKS = ("text-classification", "text-generation")
+
+
 def model_metadata(version: ModelVersion, alias: str,
                    info: mlflow.models.model.ModelInfo) -> dict:
-    """Name, version, metrics, lineage and the files the service loads."""
+    """Name, version, task, metrics, lineage and the files the service loads (plus label names
+    for a classifier; generation defaults and chat prompt template for a causal LM)."""
     flavor = info.flavors.get("transformers")
-    if flavor is None or flavor.get("task") != "text-classification":
+    task = (flavor or {}).get("task")
+    if task not in SERVABLE_TASKS:
         raise TuneshipError(f"{version.name} v{version.version} is not an MLflow transformers "
-                            f"text-classification model: this service cannot serve it")
-    labels = (info.metadata or {}).get("label_names")
-    if not labels:
-        raise TuneshipError(f"{version.name} v{version.version} records no label_names")
+                            f"model of a task Tuneship serves ({', '.join(SERVABLE_TASKS)}): "
+                            f"got {task or 'no transformers flavour'}")
     tags = version.tags
     metrics = {k.removeprefix("metric."): float(v) for k, v in tags.items()
                if k.startswith("metric.")}
     tokenizer = "components/tokenizer" if "tokenizer" in flavor.get("components", []) else None
-    return {
-        "name": version.name, "version": str(version.version), "alias": alias,
-        "label_names": list(labels), "metrics": metrics,
-        "lineage": {key: tags.get(key, "") for key in LINEAGE_TAGS},
+    meta = {
+        "name": version.name, "version": str(version.version), "alias": alias, "task": task,
+        "metrics": metrics, "lineage": {key: tags.get(key, "") for key in LINEAGE_TAGS},
         "transformers": {"model": f"mlflow_model/{flavor['model_binary']}",
                          "tokenizer": f"mlflow_model/{tokenizer or flavor['model_binary']}",
                          "torch_dtype": str(flavor.get("torch_dtype", "torch.float32"))
                          .removeprefix("torch.")},
     }
+    if task == "text-generation":
+        pyfunc = info.flavors.get("python_function", {})
+        meta["generation"] = dict(pyfunc.get("config") or {})
+        if flavor.get("prompt_template"):  # an instruction model: each prompt is one user turn
+            meta["prompt_template"] = flavor["prompt_template"]
+        return meta
+    labels = (info.metadata or {}).get("label_names")
+    if not labels:
+        raise TuneshipError(f"{version.name} v{version.version} records no label_names")
+    return {**meta, "label_names": list(labels)}
