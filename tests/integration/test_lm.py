@@ -109,6 +109,29 @@ def test_instruction_data_scores_rouge_and_bleu(lm_runs):
     assert isinstance(answer[0], str)
 
 
+def test_bento_import_records_the_chat_template_and_generation_defaults(lm_runs, tmp_path,
+                                                                     monkeypatch):
+    """`make bento`'s import step for an instruction champion (served: tests/.../test_generate.py)."""
+    import bentoml
+
+    from tuneship.config import RegistryConfig, section
+    from tuneship.serving.bento import SERVICES
+    from tuneship.serving.config import ServeConfig
+    from tuneship.serving.model_store import import_champion
+
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    cfg = compose_config(["experiment=smoke_lm_chat"])
+    reg, serve = section(cfg, "registry", RegistryConfig), section(cfg, "serve", ServeConfig)
+    model = import_champion(reg, serve)
+    meta = model.info.metadata
+    assert meta["task"] == "text-generation" and SERVICES[meta["task"]] == "generation:TuneshipLM"
+    assert "{prompt}" in meta["prompt_template"] and "<|im_start|>user" in meta["prompt_template"]
+    assert meta["generation"]["max_new_tokens"] == cfg.eval.max_new_tokens
+    assert "label_names" not in meta
+    assert import_champion(reg, serve).tag == model.tag  # the same version is not imported twice
+    assert len(bentoml.models.list()) == 1
+
+
 def test_interrupted_training_resumes_from_its_checkpoint(lm_runs, monkeypatch):
     cfg = compose_config(["experiment=smoke_lm", "experiment_name=smoke_lm_resume"])
     ckpt_dir = Path(cfg.paths.work_dir) / "checkpoints"

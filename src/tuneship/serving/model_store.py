@@ -37,16 +37,20 @@ def import_champion(reg: RegistryConfig, serve: ServeConfig) -> bentoml.Model:
         raise TuneshipError(f"{serve.model_name} has no @{serve.alias} in {reg.tracking_uri}: "
                             f"run the pipeline (make pipeline) first")
     tag = model_tag(version)
+    uri = f"models:/{version.name}/{version.version}"  # the version, not the alias: no race
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    metadata = model_metadata(version, serve.alias, mlflow.models.get_model_info(uri))
     try:
         existing = bentoml.models.get(tag)
     except NotFound:
         existing = None
-    if existing is not None and existing.info.labels.get("run_id") == version.run_id:
-        log.info("%s is already in the BentoML store", tag)
-        return existing
-    uri = f"models:/{version.name}/{version.version}"  # the version, not the alias: no race
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    metadata = model_metadata(version, serve.alias, mlflow.models.get_model_info(uri))
+    if existing is not None:
+        if existing.info.metadata == metadata:
+            log.info("%s is already in the BentoML store", tag)
+            return existing
+        # Imported by an older Tuneship (other metadata): built bentos keep their own copy.
+        log.info("re-importing %s: its metadata in the store is out of date", tag)
+        bentoml.models.delete(tag)
     model = bentoml.mlflow.import_model(tag, uri, labels=model_labels(version, serve.alias),
                                         metadata=metadata)
     log.info("imported %s (@%s) as %s", uri, serve.alias, model.tag)
@@ -104,8 +108,9 @@ def model_metadata(version: ModelVersion, alias: str,
     if task == "text-generation":
         pyfunc = info.flavors.get("python_function", {})
         meta["generation"] = dict(pyfunc.get("config") or {})
-        if flavor.get("prompt_template"):  # an instruction model: each prompt is one user turn
-            meta["prompt_template"] = flavor["prompt_template"]
+        template = (info.metadata or {}).get("prompt_template")  # where MLflow records it
+        if template:  # an instruction model: each prompt is one user turn
+            meta["prompt_template"] = template
         return meta
     labels = (info.metadata or {}).get("label_names")
     if not labels:
