@@ -37,3 +37,28 @@ def test_two_pipelines_at_once(tmp_path):
         run = client.get_run(v.run_id)
         assert run.info.status == "FINISHED"
         assert {"test_accuracy", "eval_accuracy", "data.rows_train"} <= set(run.data.metrics)
+
+
+def test_each_pipeline_judges_the_version_it_registered(workspace, monkeypatch):
+    """The interleaving behind a race seen in CI: A registers, B registers (@challenger moves to
+    B's version), A promotes, B promotes. Each judges its own version; nothing is lost."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_config
+    from tuneship.stages import run_stages
+
+    cfgs = {}
+    for name in ("a", "b"):
+        monkeypatch.setenv("TUNESHIP_OUTPUT_DIR", str(workspace / name))
+        cfgs[name] = compose_config(["experiment=smoke", "train.max_steps=2",
+                                     "train.eval_steps=2", "train.save_steps=2"])
+        OmegaConf.resolve(cfgs[name])  # paths fixed now, before the variable changes
+        run_stages(cfgs[name], ("preprocess", "train", "evaluate", "register"))
+    judged = {name: run_stages(cfgs[name], ("promote",))["promote"] for name in ("a", "b")}
+    assert (judged["a"]["version"], judged["b"]["version"]) == ("1", "2")
+    assert judged["a"]["passed"] and judged["b"]["champion_before"] == "1"  # B met A's v1
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("tuneship-smoke", "champion").version
+    assert str(champion) == ("2" if judged["b"]["passed"] else "1")
+    for version in ("1", "2"):  # both judged, each with its decision recorded
+        assert "gate.decision" in client.get_model_version("tuneship-smoke", version).tags

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from tuneship.data.preprocess import load_prepared
 from tuneship.errors import TuneshipError
 from tuneship.evaluation import report
 from tuneship.registry.gate import Decision, decide
+from tuneship.registry.register import REGISTERED_FILE
 from tuneship.registry.tracking import connect, store_lock
 
 log = logging.getLogger(__name__)
@@ -39,9 +41,7 @@ def run(cfg: DictConfig, rescorer: Rescorer | None = None) -> dict:
 
 
 def _judge(cfg: DictConfig, reg: RegistryConfig, client: MlflowClient, rescorer: Rescorer) -> dict:
-    challenger = by_alias(client, reg.model_name, reg.challenger_alias)
-    if challenger is None:
-        raise TuneshipError(f"{reg.model_name} has no @{reg.challenger_alias}: register a model first")
+    challenger = candidate(cfg, reg, client)
     champion = by_alias(client, reg.model_name, reg.champion_alias)
     if champion is not None and champion.version == challenger.version:
         raise TuneshipError(f"version {challenger.version} is already @{reg.champion_alias}")
@@ -55,6 +55,27 @@ def _judge(cfg: DictConfig, reg: RegistryConfig, client: MlflowClient, rescorer:
     _record(client, reg, challenger, champion, decision)
     return {"version": str(challenger.version), "passed": decision.passed,
             "reason": decision.reason, "champion_before": str(champion.version) if champion else None}
+
+
+def candidate(cfg: DictConfig, reg: RegistryConfig, client: MlflowClient) -> ModelVersion:
+    """The version to judge: the one this pipeline registered (`<work_dir>/registered.json`)
+    while no gate has judged it, else @challenger.
+
+    With two pipelines of one model at once, @challenger may already point at the other's
+    version; each pipeline still judges its own.
+    """
+    record = Path(cfg.paths.work_dir) / REGISTERED_FILE
+    if record.is_file():
+        mine = json.loads(record.read_text())
+        if mine.get("name") == reg.model_name:
+            with contextlib.suppress(MlflowException):
+                version = client.get_model_version(reg.model_name, str(mine["version"]))
+                if "gate.decision" not in version.tags:
+                    return version
+    challenger = by_alias(client, reg.model_name, reg.challenger_alias)
+    if challenger is None:
+        raise TuneshipError(f"{reg.model_name} has no @{reg.challenger_alias}: register a model first")
+    return challenger
 
 
 def rollback(cfg: DictConfig) -> dict:
@@ -129,7 +150,9 @@ def _record(client: MlflowClient, reg: RegistryConfig, challenger: ModelVersion,
                     reg.challenger_alias)
         return
     client.set_registered_model_alias(name, reg.champion_alias, version)
-    client.delete_registered_model_alias(name, reg.challenger_alias)
+    holder = by_alias(client, name, reg.challenger_alias)
+    if holder is not None and str(holder.version) == version:  # not another pipeline's challenger
+        client.delete_registered_model_alias(name, reg.challenger_alias)
     if champion is not None:
         client.set_model_version_tag(name, version, "tuneship.previous_champion",
                                      str(champion.version))
