@@ -201,10 +201,10 @@ def serve_baseline(model_dir: str, tokenizer_dir: str, port: int) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    # The service's thread rule, so the comparison is about serving, not torch settings (with
-    # torch's default of all cores, a busy 2-core machine stalls in its thread barriers).
+    # The service's thread rule (bentos/common.py), so the comparison is about serving, not
+    # torch settings: TUNESHIP_TORCH_THREADS, else every usable core.
     torch.set_num_threads(int(os.environ.get("TUNESHIP_TORCH_THREADS", 0))
-                          or max(1, len(os.sched_getaffinity(0)) - 1))
+                          or len(os.sched_getaffinity(0)))
     pipe = transformers.pipeline("text-classification", model=model_dir, tokenizer=tokenizer_dir)
     app = FastAPI()
 

@@ -117,7 +117,7 @@ class Classifier:
         files = stored.info.metadata["transformers"]
         self.device = device()
         if self.device == "cpu":
-            torch.set_num_threads(torch_threads(reserve=1))  # one core for the HTTP processes
+            torch.set_num_threads(torch_threads(reserve=0))  # measured: bentos/README.md
         self.token_budget = int(TOKEN_BUDGET_ENV or (256 if self.device == "cpu" else 16384))
         self.tokenizer = AutoTokenizer.from_pretrained(stored.path_of(files["tokenizer"]))
         model = AutoModelForSequenceClassification.from_pretrained(

@@ -20,10 +20,12 @@ def main(bento_tag: str) -> int:
     model_tag = bento.info.labels.get("model") or str(bento.info.all_models[0].tag)
     model = bentoml.models.get(model_tag)
     m = model.info.labels
+    kind = {"text-generation": "text generator"}.get(bento.info.labels.get("task", ""),
+                                                     "text classifier")
     labels = {
         "org.opencontainers.image.title": bento.tag.name,
         "org.opencontainers.image.version": bento.tag.version,
-        "org.opencontainers.image.description": f"Tuneship text classifier serving {model_tag}",
+        "org.opencontainers.image.description": f"Tuneship {kind} serving {model_tag}",
         "ai.tuneship.bento": str(bento.tag),
         "ai.tuneship.bento_model": model_tag,
         "ai.tuneship.model.name": m.get("registered_model", model.tag.name),
@@ -31,6 +33,7 @@ def main(bento_tag: str) -> int:
         "ai.tuneship.model.alias": m.get("alias", ""),
         "ai.tuneship.model.run_id": m.get("run_id", ""),
         "ai.tuneship.model.experiment": m.get("experiment", ""),
+        "ai.tuneship.task": bento.info.labels.get("task", ""),
     }
     docker = bento.info.docker
     python = bento.info.python
