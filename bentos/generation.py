@@ -24,8 +24,9 @@ import json
 import logging
 import os
 import queue
+import threading
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -117,6 +118,20 @@ class Job:
     kwargs: dict[str, Any]
     stop: list[str]
     seed: int | None
+    cancelled: threading.Event = field(default_factory=threading.Event)  # the client left
+
+
+class StopWhenCancelled:
+    """A `generate` stopping criterion: ends the generation once its client has gone."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
+                          device=input_ids.device)
 
 
 def first_stop(text: str, stops: list[str], start: int = 0) -> int | None:
@@ -193,16 +208,23 @@ class TuneshipLM:
         return Job(ids, kwargs, stop, seed)
 
     def _generate(self, job: Job, streamer: Any = None) -> list[int]:
-        """The new token ids (runs on the one worker thread)."""
+        """The new token ids (runs on the one worker thread); none if the client already left."""
         import torch
+        from transformers import StoppingCriteriaList
 
+        if job.cancelled.is_set():
+            if streamer is not None:
+                streamer.end()
+            return []
         with torch.inference_mode():
             if job.seed is not None:
                 torch.manual_seed(job.seed)
             input_ids = torch.tensor([job.input_ids], device=self.device)
             out = self.model.generate(input_ids=input_ids,
                                       attention_mask=torch.ones_like(input_ids),
-                                      streamer=streamer, **job.kwargs)
+                                      streamer=streamer, **job.kwargs,
+                                      stopping_criteria=StoppingCriteriaList(
+                                          [StopWhenCancelled(job.cancelled)]))
         return out[0, len(job.input_ids):].tolist()
 
     def submit(self, job: Job, streamer: Any = None) -> asyncio.Future[list[int]]:
@@ -238,7 +260,11 @@ class TuneshipLM:
                        ) -> GenerateResponse:
         """Generate a continuation of `prompt` (the model's chat template applied if it has one)."""
         job = self.prepare(prompt, max_new_tokens, temperature, top_p, stop or [], seed)
-        new_ids = await self.submit(job)
+        try:
+            new_ids = await self.submit(job)
+        except asyncio.CancelledError:  # the client disconnected: free the model for the next
+            self.cancel(job)
+            raise
         text, reason = self.finish(job, new_ids)
         card = model_card()
         return GenerateResponse(
@@ -261,20 +287,31 @@ class TuneshipLM:
                                         skip_special_tokens=True)
         future = self.submit(job, streamer)
         hold = max((len(s) for s in job.stop), default=1) - 1  # a stop string may be cut in two
-        text, sent = "", 0
-        async for chunk in _chunks(streamer, future):
-            text += chunk
-            cut = first_stop(text, job.stop, max(0, sent - hold))
-            if cut is not None:
-                yield text[sent:cut]
-                sent = len(text)
-                break
-            if len(text) - hold > sent:
-                yield text[sent:len(text) - hold]
-                sent = len(text) - hold
-        if sent < len(text) and first_stop(text, job.stop) is None:
-            yield text[sent:]
+        text, sent, complete = "", 0, False
+        try:
+            async for chunk in _chunks(streamer, future):
+                text += chunk
+                cut = first_stop(text, job.stop, max(0, sent - hold))
+                if cut is not None:
+                    yield text[sent:cut]
+                    sent = len(text)
+                    break
+                if len(text) - hold > sent:
+                    yield text[sent:len(text) - hold]
+                    sent = len(text) - hold
+            if sent < len(text) and first_stop(text, job.stop) is None:
+                yield text[sent:]
+            complete = True
+        finally:
+            if not complete:  # the client disconnected mid-stream (or generation failed)
+                self.cancel(job)
         self.finish(job, await future)
+
+    def cancel(self, job: Job) -> None:
+        """Stop a generation whose client has gone (at its next token, or before it starts)."""
+        job.cancelled.set()
+        GENERATIONS.labels(finish_reason="cancelled").inc()
+        log.info("client gone: generation cancelled")
 
 
 async def _chunks(streamer: Any, future: asyncio.Future) -> AsyncGenerator[str, None]:

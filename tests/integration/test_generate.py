@@ -5,6 +5,8 @@ champion (a tiny random Llama + LoRA), imported and built by `pipelines/bento.py
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -79,6 +81,25 @@ def test_stream_yields_the_same_text_as_generate(lm):
         assert response.status_code == 200
         pieces = list(response.iter_text())
     assert "".join(pieces) == whole
+
+
+def _cancelled(lm: httpx.Client) -> float:
+    found = re.search(r'^tuneship_generations_total\{finish_reason="cancelled"\} (\S+)$',
+                      lm.get("/metrics").text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_client_that_leaves_mid_stream_cancels_its_generation(lm):
+    before = _cancelled(lm)
+    with lm.stream("POST", "/generate_stream",
+                   json={"prompt": PROMPT, "max_new_tokens": 200}) as response:
+        assert response.status_code == 200
+        next(response.iter_raw())  # the first piece, then hang up
+    deadline = time.monotonic() + 30
+    while _cancelled(lm) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _cancelled(lm) == before + 1
+    assert _generate(lm, max_new_tokens=3)["usage"]["completion_tokens"] <= 3  # the model is free
 
 
 def test_concurrent_requests_are_all_answered(lm):
