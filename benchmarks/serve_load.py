@@ -25,8 +25,6 @@ import contextlib
 import json
 import os
 import random
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,8 +35,8 @@ from pathlib import Path
 
 import aiohttp
 import httpx
-import psutil
 from pydantic import BaseModel, Field
+from servers import free_port, stop, tree_rss  # benchmarks/servers.py
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = Path(os.environ.get("TUNESHIP_DATA_DIR", ROOT.parent / "shared" / "data")) / "sst2"
@@ -121,24 +119,10 @@ async def drive(url: str, texts: list[str], per_request: int, concurrency: int,
 # --- servers ------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def tree_rss_mb(pid: int) -> tuple[float, int]:
     """Resident memory of a process and all its descendants (MiB), and how many there are."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0, 0
-    total = 0
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += proc.memory_info().rss
-    return total / 2**20, len(procs)
+    total, count = tree_rss(pid)
+    return total / 2**20, count
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> float:
@@ -152,18 +136,6 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> float:
                 return time.perf_counter() - start
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready after {timeout:.0f} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (it was started in its own session), then SIGKILL."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 @contextlib.contextmanager

@@ -26,8 +26,6 @@ import collections
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,7 +35,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import aiohttp
-import psutil
+import servers  # benchmarks/servers.py (this directory is on sys.path)
+from servers import free_port, stop
 
 TEXTS = ["a gripping, beautifully acted film", "a dull and lifeless mess",
          "the plot is thin but the jokes land", "I would not watch it again",
@@ -49,26 +48,11 @@ SAMPLE_EVERY_S = 5
 
 def tree_rss(pid: int) -> int:
     """Resident memory of a process and all its descendants, in bytes (0 once it is gone)."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            total += proc.memory_info().rss
-    return total
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return servers.tree_rss(pid)[0]
 
 
 def start_bento(bento: str, log: Path, ready_timeout: float = 180) -> tuple[str, subprocess.Popen]:
-    port = _free_port()
+    port = free_port()
     cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", bento,
            "--host", "127.0.0.1", "--port", str(port)]
     out = log.open("w")
@@ -85,17 +69,6 @@ def start_bento(bento: str, log: Path, ready_timeout: float = 180) -> tuple[str,
         time.sleep(0.5)
     stop(proc)
     raise SystemExit(f"{url} not ready in {ready_timeout:.0f} s; see {log}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

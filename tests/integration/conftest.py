@@ -95,6 +95,19 @@ def _run(script: str, overrides: list[str], env: dict[str, str], timeout: int) -
     assert done.returncode == 0, f"{script} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
 
 
+def champion_scores(tracking_uri: str, texts: list[str]) -> list[dict[str, float]]:
+    """Every label's score per text from the registered @champion, loaded in this process."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        pipe = mlflow.transformers.load_model(f"models:/{NAME}@champion")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return [{s["label"]: s["score"] for s in scores} for scores in pipe(texts, top_k=None)]
+
+
 def isolated_env(tmp: Path) -> dict[str, str]:
     """Environment for a smoke pipeline + bento under `tmp`: own MLflow store and BentoML home."""
     env = {**os.environ, "TUNESHIP_OUTPUT_DIR": str(tmp / "outputs"),

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.integration.conftest import API_KEY, NAME, TEXTS, Served  # fixtures: conftest.py
+from tests.integration.conftest import API_KEY, NAME, TEXTS, Served, champion_scores  # fixtures: conftest.py
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,16 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture(scope="session")
 def reference(served: Served) -> dict[str, dict[str, float]]:
     """Every label's score for TEXTS from the registered champion, loaded in this process."""
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(served.tracking_uri)
-    try:
-        pipe = mlflow.transformers.load_model(f"models:/{NAME}@champion")
-    finally:
-        mlflow.set_tracking_uri(previous)
-    return {text: {s["label"]: s["score"] for s in scores}
-            for text, scores in zip(TEXTS, pipe(TEXTS, top_k=None), strict=True)}
+    return dict(zip(TEXTS, champion_scores(served.tracking_uri, TEXTS), strict=True))
 
 
 def _classify(client: httpx.Client, texts: list[str], **extra: object) -> httpx.Response:
