@@ -14,7 +14,9 @@ Clients are asyncio + aiohttp on the same machine (they share its cores), closed
 (Not httpx: its connection pool is the bottleneck at c=32, ~90 req/s against a no-op server
 on 2 cores where aiohttp does ~900.)
 Prints throughput, p50/p99 latency and errors per concurrency, then time-to-ready and RSS
-(the server's whole process tree).
+(the server's whole process tree). Last, with every server stopped, the model alone (no HTTP):
+texts/s one at a time and in batches as large as each concurrency, cut into forward passes as
+the service does (bentos/packing.py). Their ratio is the most batching can gain on this machine.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import random
@@ -201,6 +204,42 @@ def model_files(bento_tag: str) -> tuple[str, str]:
     return model.path_of(files["model"]), model.path_of(files["tokenizer"])
 
 
+def load_packing():
+    """bentos/packing.py (the bento's own module; bentos/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("packing", ROOT / "bentos" / "packing.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def model_alone(model_dir: str, tokenizer_dir: str, texts: list[str], batch_sizes: list[int],
+                seconds: float) -> dict[int, float]:
+    """Texts/s of the bare model at each batch size: the service's passes, threads and dtype."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    packing = load_packing()
+    budget, pass_cost = packing.DEFAULTS["cpu"]
+    torch.set_num_threads(int(os.environ.get("TUNESHIP_TORCH_THREADS", 0))
+                          or len(os.sched_getaffinity(0)))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    rng = random.Random(0)
+    rates = {}
+    for size in batch_sizes:
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            ids = tokenizer(rng.sample(texts, size), truncation=True)["input_ids"]
+            with torch.inference_mode():
+                for run in packing.plan_passes([len(x) for x in ids], budget, pass_cost):
+                    batch = tokenizer.pad({"input_ids": [ids[i] for i in run]},
+                                          return_tensors="pt")
+                    model(**batch).logits.softmax(dim=-1).tolist()
+            done += size
+        rates[size] = done / (time.perf_counter() - start)
+    return rates
+
+
 # --- run and report -----------------------------------------------------------------------------
 
 
@@ -232,6 +271,17 @@ def measure(variant: str, cmd: list[str], env: dict[str, str], port: int,
                   f"p50 {phase.percentile(50):7.1f} ms  p99 {phase.percentile(99):7.1f} ms  "
                   f"errors {sum(phase.errors.values())}", flush=True)
     return phases, server
+
+
+def report_alone(rates: dict[int, float], per_request: int) -> str:
+    one = rates[min(rates)]
+    lines = ["| model alone, no HTTP | texts/s | vs one at a time |", "|---|---:|---:|"]
+    lines += [f"| batch {size} | {rate:.1f} | {rate / one:.2f}x |" for size, rate in rates.items()]
+    top = max(rates)
+    lines += ["", f"model alone: batches of {top} texts run {rates[top] / rates[per_request]:.2f}x "
+                  f"as fast as {per_request} at a time, the headroom batching has here at "
+                  f"c={top // per_request}"]
+    return "\n".join(lines)
 
 
 def report(phases: list[Phase], servers: list[Server], per_request: int) -> str:
@@ -269,6 +319,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ready-timeout", type=float, default=180.0)
     parser.add_argument("--only", nargs="+", choices=["on", "off", "fastapi"],
                         default=["on", "off", "fastapi"])
+    parser.add_argument("--alone", type=float, default=10.0,
+                        help="seconds per batch size for the model alone (0: skip)")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/tuneship-bench"))
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
@@ -306,12 +358,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{bento}, {args.texts} text(s) per request, {args.duration:.0f} s per level, "
           f"{os.cpu_count()} CPUs\n")
     print(report(phases, servers, args.texts))
+    alone = {}
+    if args.alone > 0:
+        sizes = sorted({args.texts, *(c * args.texts for c in args.concurrency)})
+        alone = model_alone(model_dir, tokenizer_dir, texts, sizes, args.alone)
+        print("\n" + report_alone(alone, args.texts))
     if args.json:
         args.json.write_text(json.dumps({
             "bento": bento, "phases": [{**asdict(p), "throughput": p.throughput,
                                         "p50_ms": p.percentile(50), "p99_ms": p.percentile(99),
                                         "latencies_ms": None} for p in phases],
-            "servers": [asdict(s) for s in servers]}, indent=2))
+            "servers": [asdict(s) for s in servers], "model_alone_texts_per_s": alone},
+            indent=2))
 
 
 if __name__ == "__main__":

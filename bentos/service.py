@@ -11,8 +11,9 @@ than one parameter:
 Settings are bento arguments written by `make bento` (conf/serve/); these environment variables
 tune a running instance: TUNESHIP_API_KEY (turns key checks on), TUNESHIP_BATCHING=0 (off),
 TUNESHIP_DEVICE (auto|cpu|cuda), TUNESHIP_TORCH_THREADS (CPU intra-op threads),
-TUNESHIP_TOKEN_BUDGET (padded tokens per forward pass), TUNESHIP_MODEL_TAG (serve another
-imported model).
+TUNESHIP_TOKEN_BUDGET (most padded tokens per forward pass), TUNESHIP_PASS_COST_TOKENS (what a
+forward pass costs besides its tokens, in tokens), TUNESHIP_MODEL_TAG (serve another imported
+model).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Annotated, Any
 import bentoml
 from common import ModelRef, device, flag, load_args, stored_card, torch_threads
 from guards import Guard
+from packing import DEFAULTS, plan_passes
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, StringConstraints
 from starlette.applications import Starlette
@@ -37,9 +39,6 @@ from starlette.routing import Route
 log = logging.getLogger("tuneship.service")
 ARGS, MODEL_TAG = load_args()
 BATCHING = flag("TUNESHIP_BATCHING", ARGS.batching)
-# Padded tokens per forward pass (Classifier.infer). On CPU small passes of similar lengths win
-# (MiniLM, 1 thread: 47 texts/s at 128-256 vs 21 at 4096; bentos/README.md); GPUs want big ones.
-TOKEN_BUDGET_ENV = os.environ.get("TUNESHIP_TOKEN_BUDGET")
 
 PREDICTIONS = Counter("tuneship_predictions", "Texts classified, by predicted label", ["label"])
 
@@ -85,17 +84,6 @@ def model_card() -> dict[str, Any]:
                         "max_text_chars": ARGS.max_text_chars}}
 
 
-def length_chunks(lengths: list[int], budget: int) -> list[list[int]]:
-    """Indices sorted by length, grouped so that count x longest <= budget (at least one each)."""
-    chunks: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
-        if chunks and (len(chunks[-1]) + 1) * lengths[i] <= budget:
-            chunks[-1].append(i)
-        else:
-            chunks.append([i])
-    return chunks
-
-
 # BentoML 1.4.31+ recycles the caller's client session every `max_requests` calls (default 100)
 # or `max_age` seconds, closing it under requests still in flight: 500s under load
 # (bentoml/BentoML#5540). Local sockets need no recycling, so it is pushed out of reach.
@@ -118,7 +106,10 @@ class Classifier:
         self.device = device()
         if self.device == "cpu":
             torch.set_num_threads(torch_threads(reserve=0))  # measured: bentos/README.md
-        self.token_budget = int(TOKEN_BUDGET_ENV or (256 if self.device == "cpu" else 16384))
+        # How infer() cuts a batch into forward passes (packing.py), unless set for this host.
+        budget, pass_cost = DEFAULTS["cpu" if self.device == "cpu" else "cuda"]
+        self.token_budget = int(os.environ.get("TUNESHIP_TOKEN_BUDGET") or budget)
+        self.pass_cost = float(os.environ.get("TUNESHIP_PASS_COST_TOKENS") or pass_cost)
         self.tokenizer = AutoTokenizer.from_pretrained(stored.path_of(files["tokenizer"]))
         model = AutoModelForSequenceClassification.from_pretrained(
             stored.path_of(files["model"]), dtype=getattr(torch, files["torch_dtype"]),
@@ -133,22 +124,22 @@ class Classifier:
             raise RuntimeError(f"{stored.tag}: model labels {labels} differ from the recorded "
                                f"{stored.info.metadata['label_names']}")
         self.infer(["warm-up"])  # the first request should not pay for lazy initialisation
-        log.info("loaded %s on %s (%d torch threads, token budget %d), batching %s", stored.tag,
-                 self.device, torch.get_num_threads(), self.token_budget,
-                 "on" if BATCHING else "off")
+        log.info("loaded %s on %s (%d torch threads, token budget %d, pass cost %g), batching %s",
+                 stored.tag, self.device, torch.get_num_threads(), self.token_budget,
+                 self.pass_cost, "on" if BATCHING else "off")
 
     def infer(self, texts: list[str]) -> list[list[float]]:
         """Probabilities per text, in input order.
 
-        Texts are sorted by token count and cut into forward passes of at most `token_budget`
-        padded tokens, so a batch of short texts is not padded to its longest one.
+        Texts are grouped by token count into the forward passes of least padded-token cost
+        (packing.py), so a batch of short texts is not padded to its longest one.
         """
         import torch
 
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
         probs: list[list[float]] = [[] for _ in texts]
         with torch.inference_mode():
-            for chunk in length_chunks([len(x) for x in ids], self.token_budget):
+            for chunk in plan_passes([len(x) for x in ids], self.token_budget, self.pass_cost):
                 batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]},
                                            return_tensors="pt")
                 logits = self.model(**batch.to(self.device)).logits.float()
