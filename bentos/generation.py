@@ -12,7 +12,8 @@ classification bento uses `service.py`). One service, `TuneshipLM`, on port 3000
 
 The same guards as `/classify` (guards.py: API key, JSON only, body limit); bad parameters get a
 400 that names them. Generation runs one request at a time per worker (a CPU runs one `generate`
-fastest alone; the others wait in a bounded queue, 503 beyond it).
+fastest alone; at most MAX_QUEUED in all, running or waiting: beyond that 503 "busy" with
+`Retry-After`).
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
-from bentoml.exceptions import InvalidArgument, ServiceUnavailable
+from bentoml.exceptions import InvalidArgument
 from common import ModelRef, device, load_args, stored_card, torch_threads
-from guards import Guard
+from guards import Capacity, Guard
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, StringConstraints
 from starlette.applications import Starlette
@@ -43,7 +44,7 @@ from starlette.routing import Route
 
 log = logging.getLogger("tuneship.generation")
 ARGS, MODEL_TAG = load_args()
-MAX_QUEUED = 16  # generations waiting for the model before new ones get 503
+MAX_QUEUED = 16  # generations running or waiting for the model before new ones get 503
 STOP_CHARS = 64
 
 GENERATIONS = Counter("tuneship_generations", "Generations finished, by reason", ["finish_reason"])
@@ -178,7 +179,6 @@ class TuneshipLM:
         if self.pad_id is None:
             self.pad_id = min(self.eos_ids) if self.eos_ids else 0
         self.worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="generate")
-        self.queued = 0
         self._generate(self.prepare("Hello", 1, 0.0, 1.0, [], None))  # warm-up before ready
         log.info("loaded %s on %s (%d torch threads, context %d tokens)", stored.tag,
                  self.device, torch.get_num_threads(), self.context)
@@ -228,17 +228,9 @@ class TuneshipLM:
         return out[0, len(job.input_ids):].tolist()
 
     def submit(self, job: Job, streamer: Any = None) -> asyncio.Future[list[int]]:
-        """Queue a generation on the worker; 503 when MAX_QUEUED are already waiting."""
-        if self.queued >= MAX_QUEUED:
-            raise ServiceUnavailable(f"busy: {self.queued} generations queued; retry later")
-        self.queued += 1
-        future = asyncio.get_running_loop().run_in_executor(self.worker, self._generate, job,
-                                                            streamer)
-        future.add_done_callback(self._dequeued)
-        return future
-
-    def _dequeued(self, _: asyncio.Future) -> None:
-        self.queued -= 1
+        """Queue a generation on the worker (Capacity bounds how many wait: MAX_QUEUED)."""
+        return asyncio.get_running_loop().run_in_executor(self.worker, self._generate, job,
+                                                          streamer)
 
     def finish(self, job: Job, new_ids: list[int]) -> tuple[str, str]:
         """The text (cut before a stop string) and the finish reason; counts tokens."""
@@ -334,3 +326,6 @@ async def _chunks(streamer: Any, future: asyncio.Future) -> AsyncGenerator[str, 
 
 TuneshipLM.add_asgi_middleware(Guard, api_key=os.environ.get("TUNESHIP_API_KEY") or None,
                                max_body_bytes=ARGS.max_request_bytes)
+# Inside Guard (added after it): only authorised, well-formed requests take a place.
+TuneshipLM.add_asgi_middleware(Capacity, limit=MAX_QUEUED, what="generations",
+                               paths=frozenset({"/generate", "/generate_stream"}))

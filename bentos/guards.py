@@ -1,7 +1,11 @@
-"""ASGI middleware in front of the public service: API key, JSON bodies, request-size limit.
+"""ASGI middleware in front of the public service: API key, JSON bodies, request-size limit,
+and (generation) a bound on requests in flight.
 
 Runs before BentoML parses anything, so an oversized or unauthenticated request costs no model
 work. Probes and `/metrics` stay open (Kubernetes and Prometheus call them without a key).
+Every 503 (busy, overloaded, not ready) leaves with `Retry-After`, so clients back off instead
+of retrying at once: on 2 cores, generation clients that re-sent at once after each 503 cut the
+served tokens/s from 10.3 to 6.3 (benchmarks/generate_load.py, bentos/README.md).
 """
 
 from __future__ import annotations
@@ -40,14 +44,19 @@ class Guard:
     """Reject what must not reach the service: 401 (key), 415 (not JSON), 413 (too large)."""
 
     def __init__(self, app: ASGIApp, *, api_key: str | None, max_body_bytes: int,
-                 open_paths: frozenset[str] = OPEN_PATHS) -> None:
+                 open_paths: frozenset[str] = OPEN_PATHS, retry_after_s: int = 1) -> None:
         self.app = app
         self._key = _digest(api_key) if api_key else None
         self.max_body_bytes = max_body_bytes
         self.open_paths = open_paths
+        self.retry_after = str(retry_after_s).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        send = self._with_retry_after(send)
+        if scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
         if self._key is not None and not self._authorized(scope):
@@ -66,6 +75,19 @@ class Guard:
         body = await self._read_body(scope, receive, send)
         if body is not None:
             await self.app(scope, _replay(body, receive), send)
+
+    def _with_retry_after(self, send: Send) -> Send:
+        """A `send` that adds `Retry-After` to a 503 answer that has none."""
+
+        async def send_503_with_retry(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                headers = list(message.get("headers", ()))
+                if not any(key.lower() == b"retry-after" for key, _ in headers):
+                    message = {**message, "headers": [*headers, (b"retry-after",
+                                                                 self.retry_after)]}
+            await send(message)
+
+        return send_503_with_retry
 
     def _authorized(self, scope: Scope) -> bool:
         assert self._key is not None
@@ -100,6 +122,33 @@ class Guard:
 
     def _too_large(self, size: int) -> str:
         return f"request body too large: {size} bytes (limit {self.max_body_bytes})"
+
+
+class Capacity:
+    """At most `limit` requests in flight on `paths`; beyond that 503 "busy" with `Retry-After`
+    at once, before the body is read (BentoML would log a traceback for a 503 raised in the
+    service and replace its message with "unexpected error")."""
+
+    def __init__(self, app: ASGIApp, *, limit: int, paths: frozenset[str],
+                 what: str = "requests", retry_after_s: int = 1) -> None:
+        self.app = app
+        self.limit, self.paths, self.what = limit, paths, what
+        self.retry_after = str(retry_after_s)
+        self.in_flight = 0  # one event loop per worker: no lock needed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            await _reject(send, 503, f"busy: {self.in_flight} {self.what} in progress (limit "
+                          f"{self.limit}); retry later", {"retry-after": self.retry_after})
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -108,6 +109,23 @@ def test_concurrent_requests_are_all_answered(lm):
             "prompt": PROMPT, "max_new_tokens": 4 + n}), range(6)))
     assert [a.status_code for a in answers] == [200] * 6
     assert all(a.json()["usage"]["completion_tokens"] <= 4 + n for n, a in enumerate(answers))
+
+
+def test_a_full_queue_sheds_with_503_busy_and_retry_after(lm):
+    """16 generations at most, running or waiting; the rest get 503 at once, then it recovers."""
+    longest = min(256, lm.get("/model").json()["generation"]["context_tokens"] - 32)
+    with ThreadPoolExecutor(40) as pool:
+        answers = list(pool.map(lambda _: lm.post("/generate", json={
+            "prompt": PROMPT, "max_new_tokens": longest}), range(40)))
+    statuses = Counter(a.status_code for a in answers)
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[200] >= 16, statuses  # everything admitted is answered
+    shed = [a for a in answers if a.status_code == 503]
+    assert shed, f"40 long generations at once should overflow 16 places: {statuses}"
+    for answer in shed:
+        assert "busy" in answer.text, answer.text
+        assert answer.headers["retry-after"] == "1"
+    assert _generate(lm, max_new_tokens=3)["usage"]["completion_tokens"] <= 3
 
 
 BAD = [
