@@ -30,7 +30,7 @@ from pathlib import Path
 
 import aiohttp
 from serve_load import OFFLINE, bento_command, running  # benchmarks/serve_load.py
-from servers import free_port  # benchmarks/servers.py
+from servers import add_server_args, free_port, percentile  # benchmarks/servers.py
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = (Path(os.environ.get("TUNESHIP_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -48,9 +48,7 @@ class Level:
     statuses: Counter = field(default_factory=Counter)
 
     def percentile(self, q: int) -> float:
-        if len(self.latencies_ms) < 2:
-            return self.latencies_ms[0] if self.latencies_ms else float("nan")
-        return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[q - 1]
+        return percentile(self.latencies_ms, q)
 
 
 def load_prompts(limit: int = 2000) -> list[str]:
@@ -127,15 +125,10 @@ def report(levels: list[Level]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tuneship-smoke_lm",
-                        help="registered model name = bento name (make bento experiment=...)")
-    parser.add_argument("--bento", help="bento tag (default: <model>:latest)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 24])
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per level")
+    add_server_args(parser, model="tuneship-smoke_lm", concurrency=[1, 4, 24], duration=20.0)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--retry-after", type=int, choices=[0, 1], default=1,
                         help="1: a client answered 503 waits as Retry-After says; 0: re-sends")
-    parser.add_argument("--ready-timeout", type=float, default=180.0)
     parser.add_argument("--log", type=Path, default=Path("/tmp/tuneship-bench/generate.log"))
     return parser.parse_args(argv)
 

@@ -28,7 +28,6 @@ import importlib.util
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 from pydantic import BaseModel, Field
-from servers import free_port, stop, tree_rss  # benchmarks/servers.py
+from servers import add_server_args, free_port, percentile, stop, tree_rss  # benchmarks/
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = Path(os.environ.get("TUNESHIP_DATA_DIR", ROOT.parent / "shared" / "data")) / "sst2"
@@ -68,9 +67,7 @@ class Phase:
         return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
 
     def percentile(self, q: int) -> float:
-        if len(self.latencies_ms) < 2:
-            return self.latencies_ms[0] if self.latencies_ms else float("nan")
-        return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[q - 1]
+        return percentile(self.latencies_ms, q)
 
 
 @dataclass
@@ -309,14 +306,9 @@ def report(phases: list[Phase], servers: list[Server], per_request: int) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tuneship-smoke",
-                        help="registered model name = bento name (make bento experiment=...)")
-    parser.add_argument("--bento", help="bento tag (default: <model>:latest)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per level")
+    add_server_args(parser, model="tuneship-smoke", concurrency=[1, 8, 32], duration=10.0)
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up at c=8")
     parser.add_argument("--texts", type=int, default=1, help="texts per request")
-    parser.add_argument("--ready-timeout", type=float, default=180.0)
     parser.add_argument("--only", nargs="+", choices=["on", "off", "fastapi"],
                         default=["on", "off", "fastapi"])
     parser.add_argument("--alone", type=float, default=10.0,
