@@ -26,6 +26,7 @@ import os
 from typing import Annotated, Any
 
 import bentoml
+from bentoml.exceptions import ServiceUnavailable
 from common import ModelRef, device, flag, load_args, stored_card, torch_threads
 from guards import Guard
 from packing import DEFAULTS, plan_passes
@@ -192,10 +193,16 @@ class Tuneship:
             return False
 
     @bentoml.api(route="/classify", input_spec=ClassifyRequest, output_spec=ClassifyResponse)
-    async def classify(self, texts: list[str], all_scores: bool = False) -> ClassifyResponse:
+    async def classify(self, texts: list[str],
+                       all_scores: bool = False) -> ClassifyResponse | JSONResponse:
         """Classify 1 to max_texts texts; `all_scores` adds every label's probability."""
         card = model_card()
-        probs = await self.classifier.to_async.predict(texts)
+        try:
+            probs = await self.classifier.to_async.predict(texts)
+        except ServiceUnavailable:  # the batcher shed it: BentoML would answer "unexpected error"
+            return JSONResponse({"error": f"overloaded: the model cannot answer within "
+                                          f"max_latency_ms={ARGS.max_latency_ms}; retry later"},
+                                status_code=503)  # Guard adds Retry-After
         predictions = [_prediction(p, card["labels"], all_scores) for p in probs]
         for label, count in collections.Counter(p.label for p in predictions).items():
             PREDICTIONS.labels(label=label).inc(count)

@@ -56,10 +56,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(env: dict[str, str], log: Path, bento: str = f"{NAME}:latest") -> Server:
+def _start(env: dict[str, str], log: Path, bento: str = f"{NAME}:latest",
+           options: tuple[str, ...] = ()) -> Server:
+    """`bentoml serve <bento> <options>` on a free port."""
     port = _free_port()
     cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", bento,
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", "127.0.0.1", "--port", str(port), *options]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=ROOT)
@@ -118,6 +120,20 @@ def isolated_env(tmp: Path) -> dict[str, str]:
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("TUNESHIP_API_KEY", None)
     return env
+
+
+@contextlib.contextmanager
+def serving_source(env: dict[str, str], log: Path, args: dict[str, object]) -> Iterator[Server]:
+    """`bentoml serve service:Tuneship` from bentos/ with these bento arguments (a built bento's
+    own arguments would win over `--arg`), stopped afterwards."""
+    options = ("--working-dir", str(ROOT / "bentos"),
+               *(f"--arg={key}={value}" for key, value in args.items()))
+    server = _start(env, log, "service:Tuneship", options)
+    try:
+        _wait_ready(server, time.monotonic() + READY_TIMEOUT_S)
+        yield server
+    finally:
+        _stop(server)
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from tests.integration.conftest import API_KEY, NAME, TEXTS, Served, champion_scores  # fixtures: conftest.py
+# fixtures: conftest.py
+from tests.integration.conftest import (
+    API_KEY,
+    NAME,
+    TEXTS,
+    Served,
+    champion_scores,
+    isolated_env,
+    serving_source,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -204,3 +214,30 @@ def test_probes_and_metrics_need_no_key_and_the_key_is_never_logged(served):
 
 def test_open_server_needs_no_key(client):
     assert _classify(client, ["hi"]).status_code == 200
+
+
+def test_overload_is_a_clear_503_with_retry_after(served, tmp_path):
+    """A batcher bound to answer within 1 ms sheds what it cannot: 503 "overloaded", not a 500
+    "unexpected error", with Retry-After; a lone request still gets through."""
+    env = isolated_env(served.bentoml_home.parent)
+    model = httpx.get(f"{served.open.url}/model").json()["bento_model"]
+    args = {"model_tag": model, "max_latency_ms": 1}
+    with serving_source(env, tmp_path / "tight.log", args) as server:
+        url = server.url
+        assert httpx.get(f"{url}/model").json()["serving"]["max_latency_ms"] == 1
+        for i in range(40):  # BentoML's batcher first times requests to learn, shedding none
+            httpx.post(f"{url}/classify", json={"texts": [f"warm-up {i}"]}, timeout=60)
+        with ThreadPoolExecutor(48) as pool:
+            answers = list(pool.map(lambda i: httpx.post(
+                f"{url}/classify", json={"texts": [f"{t} {i}" for t in TEXTS]},
+                timeout=60), range(96)))
+        statuses = Counter(a.status_code for a in answers)
+        assert set(statuses) <= {200, 503}, statuses
+        shed = [a for a in answers if a.status_code == 503]
+        assert shed, f"48 clients at once should overrun a 1 ms latency bound: {statuses}"
+        for answer in shed:
+            assert "overloaded" in answer.json()["error"], answer.text
+            assert "max_latency_ms=1" in answer.json()["error"]
+            assert answer.headers["retry-after"] == "1"
+        alone = httpx.post(f"{url}/classify", json={"texts": TEXTS[:1]}, timeout=60)
+        assert alone.status_code == 200, alone.text
