@@ -166,6 +166,13 @@ def baseline_command(model_dir: str, tokenizer_dir: str, port: int) -> list[str]
             "--tokenizer-dir", tokenizer_dir, "--port", str(port)]
 
 
+def use_service_threads(torch) -> None:
+    """The service's thread rule (bentos/common.py), so comparisons are about serving, not
+    torch settings: TUNESHIP_TORCH_THREADS, else every usable core."""
+    torch.set_num_threads(int(os.environ.get("TUNESHIP_TORCH_THREADS", 0))
+                          or len(os.sched_getaffinity(0)))
+
+
 def serve_baseline(model_dir: str, tokenizer_dir: str, port: int) -> None:
     """The hand-written baseline: FastAPI + transformers.pipeline, one request per call."""
     import torch
@@ -173,10 +180,7 @@ def serve_baseline(model_dir: str, tokenizer_dir: str, port: int) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    # The service's thread rule (bentos/common.py), so the comparison is about serving, not
-    # torch settings: TUNESHIP_TORCH_THREADS, else every usable core.
-    torch.set_num_threads(int(os.environ.get("TUNESHIP_TORCH_THREADS", 0))
-                          or len(os.sched_getaffinity(0)))
+    use_service_threads(torch)
     pipe = transformers.pipeline("text-classification", model=model_dir, tokenizer=tokenizer_dir)
     app = FastAPI()
 
@@ -217,8 +221,7 @@ def model_alone(model_dir: str, tokenizer_dir: str, texts: list[str], batch_size
 
     packing = load_packing()
     budget, pass_cost = packing.DEFAULTS["cpu"]
-    torch.set_num_threads(int(os.environ.get("TUNESHIP_TORCH_THREADS", 0))
-                          or len(os.sched_getaffinity(0)))
+    use_service_threads(torch)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     rng = random.Random(0)

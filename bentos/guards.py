@@ -125,15 +125,14 @@ class Guard:
 
 
 class Capacity:
-    """At most `limit` requests in flight on `paths`; beyond that 503 "busy" with `Retry-After`
-    at once, before the body is read (BentoML would log a traceback for a 503 raised in the
-    service and replace its message with "unexpected error")."""
+    """At most `limit` requests in flight on `paths`; beyond that 503 "busy" at once, before the
+    body is read (BentoML would log a traceback for a 503 raised in the service and replace its
+    message with "unexpected error"). Mount it inside `Guard`, which adds `Retry-After`."""
 
     def __init__(self, app: ASGIApp, *, limit: int, paths: frozenset[str],
-                 what: str = "requests", retry_after_s: int = 1) -> None:
+                 what: str = "requests") -> None:
         self.app = app
         self.limit, self.paths, self.what = limit, paths, what
-        self.retry_after = str(retry_after_s)
         self.in_flight = 0  # one event loop per worker: no lock needed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -142,7 +141,7 @@ class Capacity:
             return
         if self.in_flight >= self.limit:
             await _reject(send, 503, f"busy: {self.in_flight} {self.what} in progress (limit "
-                          f"{self.limit}); retry later", {"retry-after": self.retry_after})
+                          f"{self.limit}); retry later")
             return
         self.in_flight += 1
         try:
