@@ -12,11 +12,8 @@ HYDRA_ARGS := experiment=$(experiment) $(ARGS)
 MLFLOW_PORT ?= 5000
 LINT_DIRS := $(wildcard src pipelines tests benchmarks bentos)
 
-# Nothing is fetched from the model/dataset hub at run time (see ../shared/ENVIRONMENT.md).
-export HF_HUB_OFFLINE ?= 1
-export TRANSFORMERS_OFFLINE ?= 1
-export HF_DATASETS_OFFLINE ?= 1
-export TOKENIZERS_PARALLELISM ?= false
+# Nothing is fetched from the model/dataset hub at run time: bentos/runtime.py sets the offline
+# variables in every Tuneship and BentoML process (see ../shared/ENVIRONMENT.md).
 # BentoML keeps models and bentos inside the checkout (ignored by git).
 export BENTOML_HOME ?= $(CURDIR)/bentoml_home
 

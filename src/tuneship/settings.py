@@ -1,16 +1,20 @@
-"""Process-wide settings: offline hub access, OmegaConf resolvers, threads and devices."""
+"""Process-wide settings: the serving contract (`bentos/runtime.py`), OmegaConf resolvers, threads.
+
+Importing this module sets the offline hub variables (through `bentos/runtime.py`, the one place
+that defines them) for this process and every process it starts.
+"""
 
 from __future__ import annotations
 
 import importlib.util
-import os
+import sys
+from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 from omegaconf import OmegaConf
 
 from tuneship.errors import TuneshipError
-
-OFFLINE_VARS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def project_root() -> Path:
@@ -19,11 +23,18 @@ def project_root() -> Path:
     return candidate if (candidate / "conf").is_dir() else Path.cwd()
 
 
-def use_offline_hub() -> None:
-    """Never wait on the model/dataset hub unless the user opted in (TUNESHIP_ONLINE=1)."""
-    if os.environ.get("TUNESHIP_ONLINE") != "1":
-        for key, value in OFFLINE_VARS.items():
-            os.environ.setdefault(key, value)
+@cache
+def bento_runtime() -> ModuleType:
+    """`bentos/runtime.py` (bento arguments, offline hub, device and threads), loaded by path:
+    the image carries only `bentos/`, so that side owns the contract."""
+    path = project_root() / "bentos" / "runtime.py"
+    spec = importlib.util.spec_from_file_location("tuneship_bento_runtime", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise TuneshipError(f"{path} not found: run Tuneship from its checkout")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the module's annotations through it
+    spec.loader.exec_module(module)
+    return module
 
 
 def register_resolvers() -> None:
@@ -32,45 +43,20 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("tuneship_root", lambda: str(project_root()))
 
 
-def resolve_model_path(spec: str | None, cache_dir: str | Path | None = None) -> str | None:
-    """Turn a model source into something `from_pretrained` loads.
-
-    `pkg:<module>/<sub/dir>` is the folder inside that installed package (located without
-    importing it: some model packages import heavy extras). `gguf:<module>/<file>.gguf` is
-    converted once into a safetensors folder under `<cache_dir>/models/` (default: TUNESHIP_CACHE
-    or `<checkout>/.cache`; see `tuneship.lm.gguf`). Anything else (a local path or a hub id) is
-    returned unchanged.
-    """
-    if spec and spec.startswith("gguf:"):
-        from tuneship.lm import gguf
-
-        cache = cache_dir or os.environ.get("TUNESHIP_CACHE") or project_root() / ".cache"
-        return str(gguf.resolve(spec, cache))
-    if not spec or not spec.startswith("pkg:"):
-        return spec
-    return package_file(spec)
-
-
-def package_file(spec: str) -> str:
-    """The file or folder `pkg:<module>/<sub/path>` names inside an installed package."""
-    module, _, sub = spec[4:].partition("/")
-    found = importlib.util.find_spec(module)
-    if found is None or not found.submodule_search_locations:
-        raise TuneshipError(
-            f"model package '{module}' is not installed (needed for '{spec}'); run `make setup`"
-        )
-    path = Path(list(found.submodule_search_locations)[0]) / sub
-    if not path.exists():
-        raise TuneshipError(f"'{spec}' points to {path}, which does not exist")
-    return str(path)
+def pick_device(requested: str = "auto") -> str:
+    """`auto` → cuda when available, else cpu; a clear error for cuda without a GPU."""
+    try:
+        return bento_runtime().device(requested)
+    except ValueError as err:
+        raise TuneshipError(f"train.device={requested}: {err}") from None
 
 
 def set_threads(num_threads: int | None) -> None:
-    """Pin torch's intra-op threads (all cores by default)."""
+    """Pin torch's intra-op threads (the serving rule: all usable cores unless set)."""
     import torch
 
-    torch.set_num_threads(num_threads or os.cpu_count() or 1)
+    torch.set_num_threads(bento_runtime().torch_threads(num_threads))
 
 
-use_offline_hub()
+bento_runtime()  # the offline hub variables, before transformers or datasets are imported
 register_resolvers()

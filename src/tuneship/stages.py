@@ -1,4 +1,6 @@
-"""The lifecycle as named stages; the Hydra entry points in `pipelines/` call these."""
+"""The lifecycle as named stages over one contract: each stage is `run(ctx) -> dict`, written
+once; the task plug-in (`conf/task/`) supplies what differs. `pipelines/` and
+`tuneship.run_pipeline` call `run_stages`."""
 
 from __future__ import annotations
 
@@ -10,49 +12,36 @@ from collections.abc import Callable
 from omegaconf import DictConfig
 
 from tuneship import settings  # noqa: F401  (offline hub, config resolvers)
+from tuneship.config import validate_all
+from tuneship.context import StageContext
 from tuneship.errors import TuneshipError
 
 log = logging.getLogger(__name__)
 ORDER = ("preprocess", "train", "evaluate", "register", "promote")
-# `task:` → the modules whose `run(cfg)` replace the classification stages (others are shared).
-TASK_STAGES: dict[str, dict[str, str]] = {
-    "classification": {},
-    "causal_lm": {"preprocess": "tuneship.lm.data", "train": "tuneship.lm.train",
-                  "evaluate": "tuneship.lm.evaluate", "register": "tuneship.lm.register",
-                  "promote": "tuneship.lm.promote"},
-}
+# stage → the module (and function) that runs it; imported on use, so a stage run alone loads
+# only what it needs.
+STAGES = {"preprocess": "tuneship.data.stage:run", "train": "tuneship.train.stage:run",
+          "evaluate": "tuneship.evaluation.stage:run", "register": "tuneship.registry.register:run",
+          "promote": "tuneship.registry.promote:run", "rollback": "tuneship.registry.promote:rollback"}
 
 
-def _stage(name: str, task: str = "classification") -> Callable[[DictConfig], dict]:
-    # Imported on use: a stage run alone loads only what it needs.
-    if task not in TASK_STAGES:
-        raise TuneshipError(f"unknown task {task!r}; choose from {sorted(TASK_STAGES)}")
-    if name in TASK_STAGES[task]:
-        return importlib.import_module(TASK_STAGES[task][name]).run
-    if name == "preprocess":
-        from tuneship.data.stage import run
-    elif name == "train":
-        from tuneship.train.stage import run
-    elif name == "evaluate":
-        from tuneship.evaluation.stage import run
-    elif name == "register":
-        from tuneship.registry.register import run
-    elif name == "promote":
-        from tuneship.registry.promote import run
-    elif name == "rollback":
-        from tuneship.registry.promote import rollback as run
-    else:
-        raise ValueError(f"unknown stage {name!r}")
-    return run
+def stage(name: str) -> Callable[[StageContext], dict]:
+    """The function that runs stage `name`."""
+    if name not in STAGES:
+        raise TuneshipError(f"unknown stage {name!r}; choose from {list(STAGES)}")
+    module, _, function = STAGES[name].partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def run_stages(cfg: DictConfig, names: tuple[str, ...] = ORDER) -> dict[str, dict]:
-    """Run `names` in order, logging each stage's wall time and result."""
+    """Validate the config, then run `names` in order, logging each stage's wall time."""
+    validate_all(cfg)
+    ctx = StageContext.from_config(cfg)
     results: dict[str, dict] = {}
     for name in names:
         start = time.perf_counter()
-        log.info("stage %s: start", name)
-        results[name] = _stage(name, cfg.get("task", "classification"))(cfg)
+        log.info("stage %s (%s): start", name, ctx.task.name)
+        results[name] = stage(name)(ctx)
         log.info("stage %s: done in %.1f s", name, time.perf_counter() - start)
     return results
 

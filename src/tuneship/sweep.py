@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tuneship import settings  # noqa: F401  (resolvers)
 from tuneship.config import EvalConfig, RegistryConfig, section
-from tuneship.registry.tracking import PARENT_RUN_VAR, connect
+from tuneship.tracking import PARENT_RUN_VAR, connect
 
 log = logging.getLogger(__name__)
 

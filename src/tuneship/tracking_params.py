@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from importlib.metadata import PackageNotFoundError, version
+
 from omegaconf import DictConfig, OmegaConf
 
 from tuneship.redact import redact
 
-LOGGED_SECTIONS = ("data", "model", "train", "eval")
+LOGGED_SECTIONS = ("task", "data", "model", "train", "eval")
+VERSIONED = ("torch", "transformers", "peft", "datasets", "mlflow", "numpy")
 
 
 def config_params(cfg: DictConfig) -> dict[str, str]:
@@ -20,6 +24,15 @@ def config_params(cfg: DictConfig) -> dict[str, str]:
         else:
             flat[prefix] = str(redact(node, prefix))[:6000]
 
-    for name in LOGGED_SECTIONS:
+    for name in (n for n in LOGGED_SECTIONS if n in cfg):
         walk(name, OmegaConf.to_container(cfg[name], resolve=True))
-    return flat
+    return flat | versions()
+
+
+def versions() -> dict[str, str]:
+    """`version.<package>` of the libraries that decide a run's numbers."""
+    found = {}
+    for name in VERSIONED:
+        with contextlib.suppress(PackageNotFoundError):
+            found[f"version.{name}"] = version(name)
+    return found

@@ -116,8 +116,7 @@ def isolated_env(tmp: Path) -> dict[str, str]:
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
            "TUNESHIP_ARTIFACTS": str(tmp / "mlartifacts"),
            "TUNESHIP_CACHE": str(ROOT / ".cache"), "BENTOML_HOME": str(tmp / "bentoml"),
-           "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+           "BENTOML_DO_NOT_TRACK": "true"}  # offline hub: set by tuneship.settings, inherited
     env.pop("TUNESHIP_API_KEY", None)
     return env
 

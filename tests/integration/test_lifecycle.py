@@ -12,8 +12,8 @@ import pytest
 
 from tests.conftest import compose_config
 from tuneship.errors import TuneshipError
-from tuneship.registry.tracking import RUN_FILE
 from tuneship.stages import run_stages
+from tuneship.workdir import WorkDir
 
 pytestmark = pytest.mark.integration
 NAME = "tuneship-smoke"
@@ -89,8 +89,8 @@ def test_a_killed_run_is_marked_failed_and_followed(lifecycle):
     work_dir = Path(compose_config(["experiment=smoke"]).paths.work_dir)
     experiment = client.get_experiment_by_name("tuneship-smoke")
     killed = client.create_run(experiment.experiment_id).info.run_id  # left RUNNING
-    (work_dir / RUN_FILE).write_text(json.dumps({"run_id": killed}))
+    (WorkDir(work_dir).run_file).write_text(json.dumps({"run_id": killed}))
     run_stages(compose_config(["experiment=smoke"]), ("preprocess",))
     assert client.get_run(killed).info.status == "FAILED"
-    new_id = json.loads((work_dir / RUN_FILE).read_text())["run_id"]
+    new_id = json.loads(WorkDir(work_dir).run_file.read_text())["run_id"]
     assert client.get_run(new_id).data.tags["tuneship.follows_failed_run"] == killed

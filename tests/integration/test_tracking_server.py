@@ -91,3 +91,29 @@ def test_smoke_pipeline_against_a_tracking_server(tracking_server, workspace, mo
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     assert len(model.predict(["fine"])) == 1
     assert os.environ["MLFLOW_TRACKING_URI"] == url
+
+
+def test_a_password_in_the_tracking_uri_reaches_no_param_tag_or_artifact(tracking_server,
+                                                                          workspace):
+    """The causal-LM stages log through one redacting register stage: a `user:secret@` URI
+    override (the server ignores the credentials) leaves no trace in the run or the version."""
+    url, served = tracking_server
+    secret = f"s3cret-{uuid.uuid4().hex[:6]}"
+    uri = url.replace("http://", f"http://tuneship:{secret}@")
+    name = f"tuneship-smoke_lm-{uuid.uuid4().hex[:8]}"
+    cfg = compose_config(["experiment=smoke_lm", f"registry.tracking_uri={uri}",
+                          f"registry.model_name={name}", "eval.samples=1"])
+    registered = run_stages(cfg, ("preprocess", "train", "evaluate", "register"))["register"]
+    mlflow.set_tracking_uri(url)
+    client = MlflowClient()
+    run = client.get_run(registered["run_id"])
+    version = client.get_model_version(name, registered["version"])
+    logged = [*run.data.params.values(), *run.data.tags.values(), *version.tags.values(),
+              version.description or ""]
+    assert not [value for value in logged if secret in value]
+    assert run.data.params["version.torch"]  # library versions are logged with the config
+    files = [p for p in served.rglob("*") if p.is_file() and p.suffix in (".yaml", ".json", ".md",
+                                                                          ".txt", ".jsonl")]
+    assert any(p.name == "resolved.yaml" for p in files)
+    assert not [p for p in files if secret in p.read_text(errors="ignore")]
+    assert "tuneship:***@" in next(p for p in files if p.name == "resolved.yaml").read_text()

@@ -11,9 +11,10 @@ from tuneship.config import DataConfig
 from tuneship.data import clean, load, split, validate
 from tuneship.data.columns import column
 from tuneship.data.fingerprint import fingerprint
-from tuneship.data.preprocess import load_prepared, prepare, save
 from tuneship.errors import TuneshipError
-from tuneship.settings import resolve_model_path
+from tuneship.sources import resolve_model_path
+from tuneship.tasks.classification.data import prepare
+from tuneship.workdir import WorkDir
 
 pytestmark = pytest.mark.unit
 POS = ["a gripping film", "warm and funny", "a joy to watch", "superb acting", "great fun",
@@ -157,11 +158,11 @@ def test_split_sizes():
 def test_save_is_atomic_and_replaces(tmp_path, tokenizer):
     source = write_csv(tmp_path / "d.csv", rows(5))
     prepared = prepare(cfg_for(source), tokenizer, seed=1, cache_dir=str(tmp_path / "c"))
-    out = tmp_path / "work" / "data"
-    save(prepared, out)
-    save(prepared, out)
-    assert sorted(p.name for p in out.parent.iterdir()) == ["data"]
-    loaded = load_prepared(out)
+    work = WorkDir(tmp_path / "work")
+    work.save_prepared(prepared)
+    work.save_prepared(prepared)
+    assert sorted(p.name for p in work.data.parent.iterdir()) == ["data"]
+    loaded = work.load_prepared()
     assert loaded.stats == json.loads(json.dumps(prepared.stats))
     with pytest.raises(TuneshipError, match="run the preprocess stage first"):
-        load_prepared(tmp_path / "missing")
+        WorkDir(tmp_path / "missing").load_prepared()

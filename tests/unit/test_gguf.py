@@ -5,8 +5,8 @@ import time
 
 import pytest
 
+from tuneship import gguf
 from tuneship.errors import TuneshipError
-from tuneship.lm import gguf
 
 pytestmark = pytest.mark.unit
 

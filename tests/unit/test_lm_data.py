@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerFast
 from tuneship.config import DataConfig
 from tuneship.data.columns import column
 from tuneship.errors import TuneshipError
-from tuneship.lm.data import (
+from tuneship.tasks.causal_lm.data import (
     IGNORE,
     chunk_text,
     encode_instruction,

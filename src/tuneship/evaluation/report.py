@@ -1,4 +1,4 @@
-"""Metrics, a bootstrap interval, per-class figures, a confusion matrix and the worst mistakes."""
+"""Classification report figures: per-class metrics, the confusion matrix, the worst mistakes."""
 
 from __future__ import annotations
 
@@ -10,49 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
-    ConfusionMatrixDisplay,
-    accuracy_score,
-    classification_report,
-    f1_score,
-    precision_score,
-    recall_score,
-)
-
-from tuneship.metrics import load_combined  # noqa: E402
-
-_SCORERS = {
-    "accuracy": lambda y, p, avg: accuracy_score(y, p),
-    "f1": lambda y, p, avg: f1_score(y, p, average=avg, zero_division=0),
-    "precision": lambda y, p, avg: precision_score(y, p, average=avg, zero_division=0),
-    "recall": lambda y, p, avg: recall_score(y, p, average=avg, zero_division=0),
-}
-
-
-def overall(names: list[str], refs: np.ndarray, preds: np.ndarray, average: str) -> dict:
-    """The configured metrics through the in-repo `evaluate` modules."""
-    scores: dict[str, float] = {}
-    if "accuracy" in names:
-        scores |= load_combined(["accuracy"]).compute(predictions=preds, references=refs)
-    averaged = [n for n in names if n != "accuracy"]
-    if averaged:
-        scores |= load_combined(averaged).compute(predictions=preds, references=refs,
-                                                  average=average, zero_division=0)
-    return {k: float(v) for k, v in scores.items()}
-
-
-def bootstrap_interval(metric: str, refs: np.ndarray, preds: np.ndarray, average: str,
-                       samples: int, confidence: float, seed: int) -> tuple[float, float]:
-    """Percentile bootstrap interval of `metric` over resampled test rows."""
-    if samples == 0:
-        return (float("nan"), float("nan"))
-    scorer = _SCORERS[metric]
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(refs), size=(samples, len(refs)))
-    values = [scorer(refs[i], preds[i], average) for i in idx]
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
+from sklearn.metrics import ConfusionMatrixDisplay, classification_report  # noqa: E402
 
 
 def per_class(refs: np.ndarray, preds: np.ndarray, label_names: list[str]) -> pd.DataFrame:

@@ -1,51 +1,43 @@
-"""A markdown model card generated from the run's config, data stats and evaluation report."""
+"""The model card: one frame for every task (lineage, test figures, training), with the task's
+own sections inside."""
 
 from __future__ import annotations
 
+LINEAGE_ROWS = {"run_id": "MLflow run", "git_commit": "git commit", "base_model": "base model",
+                "base_model.sha256": "base weights SHA-256", "data_source": "data source",
+                "data_fingerprint": "data fingerprint"}
 
-def model_card(name: str, version: str, lineage: dict, stats: dict, report: dict,
-               train: dict) -> str:
-    """Render the card: what the model is, what it was trained on, how well it does."""
+
+def model_card(name: str, version: str, task: str, lineage: dict[str, str], stats: dict,
+               report: dict, train: dict, task_section: str) -> str:
+    """Render the card of `name` v`version` as markdown."""
+    rows = "\n".join(f"| {label} | `{lineage[key]}` |" for key, label in LINEAGE_ROWS.items()
+                     if lineage.get(key))
+    splits = " / ".join(str(stats["rows"][s]) for s in ("train", "validation", "test"))
     metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in report["metrics"].items())
-    classes = "\n".join(
-        f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1-score']:.3f} "
-        f"| {int(row['support'])} |" for label, row in report["per_class"].items())
     low, high = report["interval"]
-    rows = stats["rows"]
-    split_rows = f"{rows['train']} / {rows['validation']} / {rows['test']}"
     runtime = train.get("train_runtime", float("nan"))
-    speed = train.get("train_samples_per_second", float("nan"))
     return f"""# Model card: {name} v{version}
 
-A text classifier fine-tuned by Tuneship from **{lineage['base_model']}** on the
-**{stats['dataset']}** dataset. Labels: {', '.join(stats['label_names'])}.
+Fine-tuned by Tuneship from **{lineage.get('base_model', '?')}** on the **{stats['dataset']}**
+dataset (task: {task}).
 
 ## Lineage
 | | |
 |---|---|
-| MLflow run | `{lineage['run_id']}` |
-| git commit | `{lineage['git_commit']}` |
-| data source | `{stats['source']}` |
-| data fingerprint | `{stats['fingerprint']}` |
-| rows (train / validation / test) | {split_rows} |
-| dropped while cleaning (empty / duplicate) | {stats['dropped_empty']} / {stats['dropped_duplicates']} |
+{rows}
+| rows (train / validation / test) | {splits} |
 
-## Test-split results ({report['rows']} rows)
+## Test split ({report['rows']} rows)
 | metric | value |
 |---|---|
 {metrics}
 
 {report['headline']}: {report['confidence']:.0%} bootstrap interval [{low:.4f}, {high:.4f}].
 
-| label | precision | recall | F1 | support |
-|---|---|---|---|---|
-{classes}
-
 ## Training
-{runtime:.0f} s, {speed:.1f} samples/s, {train.get('trainable_params', 0):,} trainable parameters
-({train.get('frozen_params', 0):,} frozen).
+{runtime:.0f} s, {train.get('train_samples_per_second', float('nan')):.1f} samples/s.
 
-## Intended use and limits
-English, short texts like those of the training data. The test split is carved from the same
-file as the training data, so these figures can be optimistic for text from elsewhere.
+## About this model
+{task_section}
 """

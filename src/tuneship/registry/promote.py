@@ -5,43 +5,35 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable
-from pathlib import Path
 
-import mlflow
-import numpy as np
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
 
-from tuneship.config import EvalConfig, RegistryConfig, section
-from tuneship.data.columns import column
-from tuneship.data.preprocess import load_prepared
+from tuneship.config import RegistryConfig
+from tuneship.context import StageContext
 from tuneship.errors import TuneshipError
-from tuneship.evaluation import report
 from tuneship.registry.gate import Decision, decide
-from tuneship.registry.register import REGISTERED_FILE
-from tuneship.registry.tracking import connect, store_lock
+from tuneship.tracking import by_alias, store_lock
 
 log = logging.getLogger(__name__)
-Rescorer = Callable[[DictConfig, ModelVersion, str], float]
 HISTORY_TAG = "tuneship.champion_history"
 
 
-def run(cfg: DictConfig, rescorer: Rescorer | None = None) -> dict:
+def run(ctx: StageContext) -> dict:
     """Judge the challenger against the gate; promote it to champion when it passes.
 
-    `rescorer` scores a champion tested on other data (default: `rescore`, for classifiers).
+    A champion tested on other data is re-scored on this test split by the task.
     """
-    reg = section(cfg, "registry", RegistryConfig)
-    client = connect(reg)
+    reg = ctx.registry
+    client = ctx.client()
     with store_lock(reg.tracking_uri):  # read champion → decide → move alias, one pipeline at a time
-        return _judge(cfg, reg, client, rescorer or rescore)
+        return _judge(ctx, client)
 
 
-def _judge(cfg: DictConfig, reg: RegistryConfig, client: MlflowClient, rescorer: Rescorer) -> dict:
-    challenger = candidate(cfg, reg, client)
+def _judge(ctx: StageContext, client: MlflowClient) -> dict:
+    reg = ctx.registry
+    challenger = candidate(ctx, client)
     champion = by_alias(client, reg.model_name, reg.champion_alias)
     if champion is not None and champion.version == challenger.version:
         raise TuneshipError(f"version {challenger.version} is already @{reg.champion_alias}")
@@ -49,7 +41,7 @@ def _judge(cfg: DictConfig, reg: RegistryConfig, client: MlflowClient, rescorer:
     score = _recorded(challenger, metric)
     champion_score = None
     if champion is not None:
-        champion_score = _champion_score(cfg, champion, challenger, metric, rescorer)
+        champion_score = _champion_score(ctx, champion, challenger, metric)
     others = {name: _recorded(challenger, name) for name in reg.gate.floors}
     decision = decide(reg.gate, score, champion_score, others)
     _record(client, reg, challenger, champion, decision)
@@ -57,14 +49,14 @@ def _judge(cfg: DictConfig, reg: RegistryConfig, client: MlflowClient, rescorer:
             "reason": decision.reason, "champion_before": str(champion.version) if champion else None}
 
 
-def candidate(cfg: DictConfig, reg: RegistryConfig, client: MlflowClient) -> ModelVersion:
+def candidate(ctx: StageContext, client: MlflowClient) -> ModelVersion:
     """The version to judge: the one this pipeline registered (`<work_dir>/registered.json`)
     while no gate has judged it, else @challenger.
 
     With two pipelines of one model at once, @challenger may already point at the other's
     version; each pipeline still judges its own.
     """
-    record = Path(cfg.paths.work_dir) / REGISTERED_FILE
+    reg, record = ctx.registry, ctx.work.registered
     if record.is_file():
         mine = json.loads(record.read_text())
         if mine.get("name") == reg.model_name:
@@ -78,10 +70,10 @@ def candidate(cfg: DictConfig, reg: RegistryConfig, client: MlflowClient) -> Mod
     return challenger
 
 
-def rollback(cfg: DictConfig) -> dict:
+def rollback(ctx: StageContext) -> dict:
     """Move `champion` back to the version it held before the current one."""
-    reg = section(cfg, "registry", RegistryConfig)
-    client = connect(reg)
+    reg = ctx.registry
+    client = ctx.client()
     history = _history(client, reg.model_name)
     if len(history) < 2:
         raise TuneshipError(f"{reg.model_name}: no earlier champion to roll back to "
@@ -94,14 +86,6 @@ def rollback(cfg: DictConfig) -> dict:
     return {"from": current, "to": previous}
 
 
-def by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    """The version holding `alias`, or None (also when the model is not registered yet)."""
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-
-
 def _recorded(version: ModelVersion, metric: str) -> float:
     try:
         return float(version.tags[f"metric.{metric}"])
@@ -110,29 +94,14 @@ def _recorded(version: ModelVersion, metric: str) -> float:
                             f"metric must be one of eval.metrics") from None
 
 
-def _champion_score(cfg: DictConfig, champion: ModelVersion, challenger: ModelVersion,
-                    metric: str, rescorer: Rescorer) -> float:
+def _champion_score(ctx: StageContext, champion: ModelVersion, challenger: ModelVersion,
+                    metric: str) -> float:
     """The champion's score on the challenger's test set (re-scored if the data differ)."""
     if champion.tags.get("data_fingerprint") == challenger.tags.get("data_fingerprint"):
         return _recorded(champion, metric)
     log.info("champion v%s was tested on other data: scoring it on this test split",
              champion.version)
-    return rescorer(cfg, champion, metric)
-
-
-def rescore(cfg: DictConfig, version: ModelVersion, metric: str) -> float:
-    """Score a registered version on `<work_dir>/data`'s test split through its pyfunc."""
-    ev = section(cfg, "eval", EvalConfig)
-    prepared = load_prepared(Path(cfg.paths.work_dir) / "data")
-    test, names = prepared.splits["test"], prepared.stats["label_names"]
-    model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
-    predicted = model.predict(column(test, "text"))["label"].tolist()
-    unknown = set(predicted) - set(names)
-    if unknown:
-        raise TuneshipError(f"champion v{version.version} predicts labels {sorted(unknown)} that "
-                            f"this dataset does not have: the two cannot be compared")
-    preds = np.array([names.index(p) for p in predicted])
-    return report.overall([metric], np.asarray(column(test, "label")), preds, ev.average)[metric]
+    return ctx.task.rescore(ctx, champion, metric)
 
 
 def _record(client: MlflowClient, reg: RegistryConfig, challenger: ModelVersion,

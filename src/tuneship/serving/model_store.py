@@ -17,13 +17,11 @@ import bentoml
 import mlflow
 from bentoml.exceptions import NotFound
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from tuneship.config import RegistryConfig
 from tuneship.errors import TuneshipError
-from tuneship.registry.tracking import connect
 from tuneship.serving.config import ServeConfig
+from tuneship.tracking import by_alias, connect
 
 log = logging.getLogger(__name__)
 LINEAGE_TAGS = ("run_id", "git_commit", "data_fingerprint", "base_model", "experiment")
@@ -55,15 +53,6 @@ def import_champion(reg: RegistryConfig, serve: ServeConfig) -> bentoml.Model:
                                         metadata=metadata)
     log.info("imported %s (@%s) as %s", uri, serve.alias, model.tag)
     return model
-
-
-def by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    """Like `tuneship.registry.promote.by_alias`, without importing the evaluation stack
-    (`evaluate` and friends: seconds of start-up that `make bento` does not need)."""
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
 
 
 def model_tag(version: ModelVersion) -> str:

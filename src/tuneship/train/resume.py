@@ -46,3 +46,8 @@ def _signature(ckpt_dir: Path) -> dict | None:
 def finish(ckpt_dir: Path) -> None:
     """Training ended well: the saved model is the result, checkpoints are no longer needed."""
     shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+def step_of(checkpoint: str | None) -> int:
+    """The global step a `checkpoint-<step>` folder was saved at (0 for a fresh start)."""
+    return int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else 0

@@ -1,69 +1,64 @@
-"""The train stage: processed dataset in `<work_dir>/data` → fine-tuned model in `<work_dir>/model`."""
+"""The train stage: processed dataset in `<work_dir>/data` → trained model in `<work_dir>/model`.
+
+Under torchrun every rank runs this; only rank 0 touches MLflow and writes results.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-from pathlib import Path
 
 import mlflow
-from omegaconf import DictConfig
+from transformers import EarlyStoppingCallback, Trainer, set_seed
 
-from tuneship.config import ModelConfig, RegistryConfig, TrainConfig, section
-from tuneship.data.preprocess import load_prepared
-from tuneship.registry.tracking import stage_run
+from tuneship.context import StageContext
+from tuneship.errors import TuneshipError
 from tuneship.settings import set_threads
-from tuneship.train import model as modeling
 from tuneship.train import resume
-from tuneship.train.trainer import build_trainer, training_args
+from tuneship.train.trainer import training_args
 
 log = logging.getLogger(__name__)
-RESULT_FILE = "train_result.json"
 
 
-def run(cfg: DictConfig) -> dict:
-    """Fine-tune, keep the best checkpoint by validation metric, save it; return train metrics."""
-    model_cfg = section(cfg, "model", ModelConfig)
-    train_cfg = section(cfg, "train", TrainConfig)
-    reg = section(cfg, "registry", RegistryConfig)
-    work_dir = Path(cfg.paths.work_dir)
-    set_threads(train_cfg.num_threads)
-    prepared = load_prepared(work_dir / "data")
-    tokenizer = modeling.load_tokenizer(model_cfg)
-    model = modeling.build_classifier(model_cfg, prepared.stats["label_names"], len(tokenizer))
-    frozen = modeling.freeze_embeddings(model) if train_cfg.freeze_embeddings else 0
-    frozen += modeling.freeze_bottom_layers(model, train_cfg.freeze_layers)
-    ckpt_dir = work_dir / "checkpoints"
-    signature = {"data": prepared.stats["fingerprint"], "model": model_cfg.model_dump(),
-                 "train": train_cfg.model_dump(exclude={"resume"}), "seed": cfg.seed}
-    # Under torchrun every rank runs this; only rank 0 touches MLflow and writes results.
-    args = training_args(train_cfg, ckpt_dir, cfg.seed, report_to=["mlflow"])
+def run(ctx: StageContext) -> dict:
+    """Train, keep the best checkpoint by the validation metric, save it; return train metrics."""
+    cfg = ctx.train
+    set_threads(cfg.num_threads)
+    prepared = ctx.work.load_prepared()
+    if prepared.stats.get("task", "classification") != ctx.task.name:
+        raise TuneshipError(f"{ctx.work.data} was not prepared for the {ctx.task.name} task: "
+                            "run the preprocess stage again")
+    tokenizer = ctx.task.tokenizer(ctx)
+    set_seed(ctx.seed)  # before the model is built: its random init (heads, LoRA) is seeded too
+    built = ctx.task.build_model(ctx, prepared, tokenizer)
+    signature = {"data": prepared.stats["fingerprint"], "model": ctx.model.model_dump(),
+                 "train": cfg.model_dump(exclude={"resume"}), "seed": ctx.seed, **built.signature}
+    args = training_args(cfg, ctx.work.checkpoints, ctx.seed, report_to=["mlflow"])
     with args.main_process_first(desc="checkpoint bookkeeping"):
-        checkpoint = resume.checkpoint_to_resume(train_cfg.resume, ckpt_dir, signature)
+        checkpoint = resume.checkpoint_to_resume(cfg.resume, ctx.work.checkpoints, signature)
     main = args.process_index == 0
-    with stage_run(reg, work_dir, "train") if main else contextlib.nullcontext():
-        trainer = build_trainer(model, tokenizer, prepared.splits, args,
-                                train_cfg.early_stopping_patience)
+    with ctx.stage_run("train", main=main):
+        callbacks = ([EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)]
+                     if cfg.early_stopping_patience else [])
+        trainer = Trainer(model=built.model, args=args, train_dataset=prepared.splits["train"],
+                          processing_class=tokenizer, callbacks=callbacks,
+                          **ctx.task.trainer_kwargs(ctx, prepared, tokenizer))
         result = trainer.train(resume_from_checkpoint=checkpoint)
-        metrics = {**result.metrics, "frozen_params": frozen, "world_size": args.world_size,
-                   "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                   "resumed_from_step": _step_of(checkpoint)}
-        trainer.save_model(str(work_dir / "model"))  # rank 0 only (the Trainer checks)
+        metrics = {**result.metrics, **built.metrics, "world_size": args.world_size,
+                   "trainable_params": sum(p.numel() for p in built.model.parameters()
+                                           if p.requires_grad),
+                   "resumed_from_step": resume.step_of(checkpoint)}
+        trainer.save_model(str(ctx.work.model))  # rank 0 only (the Trainer checks)
         if main:
-            _log_results(metrics, trainer, train_cfg.metric_for_best_model)
+            mlflow.log_metrics({f"train.{k}": float(v) for k, v in metrics.items()
+                                if isinstance(v, int | float)})
+            if trainer.state.best_metric is not None:
+                name = cfg.metric_for_best_model.removeprefix("eval_")
+                mlflow.log_metric(f"best_validation_{name}", trainer.state.best_metric)
+            mlflow.set_tags(built.tags)
     if main:
-        (work_dir / "model" / RESULT_FILE).write_text(json.dumps(metrics, indent=2))
-        resume.finish(ckpt_dir)
+        if built.save_extra:
+            built.save_extra(ctx.work.model)
+        ctx.work.write(ctx.work.train_result, metrics)
+        resume.finish(ctx.work.checkpoints)
     return metrics
 
-
-def _log_results(metrics: dict, trainer, best_metric_name: str) -> None:
-    mlflow.log_metrics({f"train.{k}": float(v) for k, v in metrics.items()
-                        if isinstance(v, int | float)})
-    if trainer.state.best_metric is not None:
-        mlflow.log_metric(f"best_validation_{best_metric_name}", trainer.state.best_metric)
-
-
-def _step_of(checkpoint: str | None) -> int:
-    return int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else 0

@@ -1,25 +1,30 @@
-"""Build and run a `transformers.Trainer` for sequence classification."""
+"""`transformers.TrainingArguments` from `train:`: step-based evaluation and checkpoints, the best
+checkpoint kept, the device and precision chosen for the hardware."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-import numpy as np
-from transformers import (
-    DataCollatorWithPadding,
-    EarlyStoppingCallback,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    Trainer,
-    TrainingArguments,
-)
+import torch
+from transformers import TrainingArguments
 
 from tuneship.config import TrainConfig
-from tuneship.metrics import load_combined
-from tuneship.train.device import pick_device, pick_precision
+from tuneship.errors import TuneshipError
+from tuneship.settings import pick_device
 
 log = logging.getLogger(__name__)
+
+
+def pick_precision(requested: str, device: str) -> str:
+    """`auto` → bf16 on Ampere+ GPUs, fp16 on older GPUs, fp32 on CPU."""
+    if requested != "auto":
+        if requested in ("bf16", "fp16") and device == "cpu":
+            raise TuneshipError(f"train.precision={requested} needs a GPU; use auto or fp32")
+        return requested
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
 
 
 def training_args(cfg: TrainConfig, out_dir: Path, seed: int,
@@ -58,35 +63,4 @@ def training_args(cfg: TrainConfig, out_dir: Path, seed: int,
         seed=seed,
         data_seed=seed,
         disable_tqdm=False,
-    )
-
-
-def classification_metrics(average: str = "macro"):
-    """`compute_metrics` for the Trainer: the in-repo `evaluate` modules on validation."""
-    accuracy = load_combined(["accuracy"])
-    prf = load_combined(["precision", "recall", "f1"])
-
-    def compute(eval_pred) -> dict[str, float]:
-        logits, labels = eval_pred
-        preds = np.argmax(logits, axis=-1)
-        return {**accuracy.compute(predictions=preds, references=labels),
-                **prf.compute(predictions=preds, references=labels, average=average)}
-
-    return compute
-
-
-def build_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, splits,
-                  args: TrainingArguments, patience: int | None) -> Trainer:
-    """A Trainer with dynamic padding and early stopping on the validation metric."""
-    callbacks = [EarlyStoppingCallback(early_stopping_patience=patience)] if patience else []
-    return Trainer(
-        model=model,
-        args=args,
-        train_dataset=splits["train"],
-        # Sorted by length: evaluation batches then pad little (order does not change scores).
-        eval_dataset=splits["validation"].sort("length"),
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
-        compute_metrics=classification_metrics(),
-        callbacks=callbacks,
     )

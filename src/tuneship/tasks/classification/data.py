@@ -1,13 +1,9 @@
-"""The preprocess stage: raw file → cleaned, validated, split, tokenized DatasetDict on disk."""
+"""Classification data: raw file → cleaned, validated, label-encoded, split, tokenized splits."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
 
 import datasets
 from transformers import PreTrainedTokenizerBase
@@ -16,16 +12,7 @@ from tuneship.config import DataConfig
 from tuneship.data import clean, load, split, tokenize, validate
 from tuneship.data.columns import column
 from tuneship.data.fingerprint import fingerprint
-
-STATS_FILE = "stats.json"
-
-
-@dataclass
-class Prepared:
-    """The processed splits and the figures that describe them."""
-
-    splits: datasets.DatasetDict
-    stats: dict
+from tuneship.workdir import Prepared
 
 
 def prepare(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int,
@@ -73,25 +60,3 @@ def _counts(ds: datasets.Dataset, names: list[str]) -> dict[str, int]:
     counted = Counter(column(ds, "label"))
     return {name: counted.get(i, 0) for i, name in enumerate(names)}
 
-
-def save(prepared: Prepared, out_dir: Path) -> None:
-    """Write atomically: a reader never sees a half-written dataset at `out_dir`."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".data-", dir=out_dir.parent))
-    prepared.splits.save_to_disk(str(tmp / "dataset"))
-    (tmp / STATS_FILE).write_text(json.dumps(prepared.stats, indent=2))
-    old = out_dir.with_name(out_dir.name + ".old")
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def load_prepared(out_dir: Path) -> Prepared:
-    """Read what `save` wrote; a clear error if the preprocess stage has not run."""
-    from tuneship.errors import TuneshipError
-
-    if not (out_dir / STATS_FILE).is_file():
-        raise TuneshipError(f"no processed dataset at {out_dir}: run the preprocess stage first")
-    splits = datasets.load_from_disk(str(out_dir / "dataset"))
-    return Prepared(splits, json.loads((out_dir / STATS_FILE).read_text()))

@@ -21,13 +21,12 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    set_seed,
 )
 
+from tuneship import gguf
 from tuneship.config import ModelConfig
 from tuneship.errors import TuneshipError
-from tuneship.lm import gguf
-from tuneship.settings import resolve_model_path
+from tuneship.sources import resolve_model_path
 
 log = logging.getLogger(__name__)
 BASE_FILE = "base_model.json"
@@ -53,19 +52,13 @@ class BaseRef:
         return cls(**json.loads(path.read_text()))
 
 
-def _source(spec: str | None, cache_dir: str | Path, part: gguf.Part = "model") -> str | None:
-    if gguf.is_gguf(spec):
-        return str(gguf.resolve(spec, cache_dir, part))
-    return resolve_model_path(spec)
-
-
 def load_tokenizer(cfg: ModelConfig, cache_dir: str | Path) -> PreTrainedTokenizerBase:
     """`model.tokenizer` (default: the base model's), with a pad token (eos when it has none).
 
     A `gguf:` tokenizer of a model built from_config converts only the tokenizer (~13 s, once).
     """
     part: gguf.Part = "tokenizer" if cfg.from_config else "model"
-    source = _source(cfg.tokenizer or cfg.pretrained, cache_dir, part)
+    source = resolve_model_path(cfg.tokenizer or cfg.pretrained, cache_dir, part)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision)
     except OSError as err:
@@ -76,11 +69,10 @@ def load_tokenizer(cfg: ModelConfig, cache_dir: str | Path) -> PreTrainedTokeniz
 
 
 def build_base(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, cache_dir: str | Path,
-               work_dir: Path, seed: int) -> tuple[PreTrainedModel, BaseRef]:
+               work_dir: Path) -> tuple[PreTrainedModel, BaseRef]:
     """The base causal LM and its reference (a from_config model is saved to work_dir first)."""
     if cfg.from_config:
         spec = dict(cfg.from_config)
-        set_seed(seed)
         config = AutoConfig.for_model(spec.pop("model_type"), vocab_size=len(tokenizer),
                                       pad_token_id=tokenizer.pad_token_id,
                                       bos_token_id=tokenizer.bos_token_id,
@@ -90,7 +82,7 @@ def build_base(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, cache_dir: 
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         return model, BaseRef(cfg.name, "from_config", str(folder), gguf.sha256_files(folder))
-    path = _source(cfg.pretrained, cache_dir)
+    path = resolve_model_path(cfg.pretrained, cache_dir)
     model = load_base(path, cfg.revision)
     return model, BaseRef(cfg.name, str(cfg.pretrained), path, weights_sha256(path))
 

@@ -24,7 +24,7 @@ from typing import Literal
 from filelock import FileLock
 
 from tuneship.errors import TuneshipError
-from tuneship.settings import package_file
+from tuneship.packages import package_file
 
 log = logging.getLogger(__name__)
 PREFIX = "gguf:"

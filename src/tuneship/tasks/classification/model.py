@@ -1,4 +1,4 @@
-"""Build tokenizers and models from config: a local folder, an installed package or a config dict."""
+"""Classifier tokenizers and models from config: a local folder, an installed package or a config dict."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from transformers import (
 
 from tuneship.config import ModelConfig
 from tuneship.errors import TuneshipError
-from tuneship.settings import resolve_model_path
+from tuneship.sources import resolve_model_path
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:

@@ -1,4 +1,4 @@
-"""One MLflow run per pipeline execution, shared by its stages through `<work_dir>/run.json`.
+"""MLflow for the stages: one run per pipeline execution, shared through `<work_dir>/run.json`.
 
 The preprocess stage opens a new run; later stages (in the same process or run alone) reopen it.
 A run left RUNNING by a killed process is marked FAILED when the next pipeline starts, and the
@@ -17,14 +17,15 @@ from pathlib import Path
 import mlflow
 from filelock import FileLock
 from mlflow.entities import RunStatus
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tuneship.config import RegistryConfig
 from tuneship.errors import TuneshipError
+from tuneship.workdir import WorkDir
 
 log = logging.getLogger(__name__)
-RUN_FILE = "run.json"
 PARENT_RUN_VAR = "TUNESHIP_PARENT_RUN_ID"
 
 
@@ -61,11 +62,19 @@ def _ensure_experiment(reg: RegistryConfig) -> MlflowClient:
     return client
 
 
-def start_pipeline_run(reg: RegistryConfig, work_dir: Path, run_name: str) -> str:
+def by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version holding `alias`, or None (also when the model is not registered yet)."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def start_pipeline_run(reg: RegistryConfig, work: WorkDir, run_name: str) -> str:
     """Open a new run for this pipeline execution and record its id in `work_dir`."""
     client = connect(reg)
-    previous = _previous_run(work_dir)
-    tags = {"tuneship.work_dir": str(work_dir)}
+    previous = _previous_run(work)
+    tags = {"tuneship.work_dir": str(work.root)}
     if parent := os.environ.get(PARENT_RUN_VAR):  # a sweep trial: nest under the sweep's run
         tags["mlflow.parentRunId"] = parent
     if previous and _mark_killed(client, previous):
@@ -73,18 +82,17 @@ def start_pipeline_run(reg: RegistryConfig, work_dir: Path, run_name: str) -> st
     run = client.create_run(mlflow.get_experiment_by_name(reg.experiment).experiment_id,
                             run_name=run_name, tags=tags)
     client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
-    work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / RUN_FILE).write_text(json.dumps({"run_id": run.info.run_id}))
+    WorkDir.write(work.run_file, {"run_id": run.info.run_id})
     return run.info.run_id
 
 
 @contextlib.contextmanager
-def stage_run(reg: RegistryConfig, work_dir: Path, stage: str) -> Iterator[mlflow.ActiveRun]:
+def stage_run(reg: RegistryConfig, work: WorkDir, stage: str) -> Iterator[mlflow.ActiveRun]:
     """Reopen the pipeline's run for one stage; a stage that raises leaves it FAILED."""
     connect(reg)
-    run_id = _previous_run(work_dir)
+    run_id = _previous_run(work)
     if run_id is None:
-        raise TuneshipError(f"no pipeline run recorded in {work_dir / RUN_FILE}: "
+        raise TuneshipError(f"no pipeline run recorded in {work.run_file}: "
                             "run the preprocess stage (or pipelines/run.py) first")
     os.environ.pop("MLFLOW_RUN_ID", None)
     with mlflow.start_run(run_id=run_id) as run:
@@ -92,9 +100,8 @@ def stage_run(reg: RegistryConfig, work_dir: Path, stage: str) -> Iterator[mlflo
         yield run
 
 
-def _previous_run(work_dir: Path) -> str | None:
-    path = work_dir / RUN_FILE
-    return json.loads(path.read_text())["run_id"] if path.is_file() else None
+def _previous_run(work: WorkDir) -> str | None:
+    return json.loads(work.run_file.read_text())["run_id"] if work.run_file.is_file() else None
 
 
 def _mark_killed(client: MlflowClient, run_id: str) -> bool:

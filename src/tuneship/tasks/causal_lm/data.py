@@ -1,4 +1,4 @@
-"""The causal-LM preprocess stage: a plain-text corpus or prompt/response rows → token datasets.
+"""Causal-LM data: a plain-text corpus or prompt/response rows → token datasets.
 
 Two input kinds, told apart by `data.format` (or the file suffix):
 - **corpus** (`text`/`.txt`): cut at blank lines into contiguous chunks of ~`data.chunk_chars`,
@@ -10,8 +10,7 @@ Two input kinds, told apart by `data.format` (or the file suffix):
   token) are targets, the prompt's labels are -100. Rows are deduplicated by prompt and split with
   a seeded shuffle. The test split keeps `prompt`/`response` for generation metrics.
 
-The processed splits are saved with the spine's `save`/`load_prepared` (same layout, same
-fingerprint function over the split texts) so the rest of the lifecycle reads them unchanged.
+The splits are fingerprinted with the same function over their texts as classification data.
 """
 
 from __future__ import annotations
@@ -23,50 +22,18 @@ import re
 from pathlib import Path
 
 import datasets
-import mlflow
-import mlflow.data
-from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
-from tuneship.config import DataConfig, ModelConfig, RegistryConfig, section, validate_all
+from tuneship.config import DataConfig
 from tuneship.data import load
 from tuneship.data.columns import column
 from tuneship.data.fingerprint import fingerprint
-from tuneship.data.preprocess import Prepared, save
 from tuneship.errors import TuneshipError
-from tuneship.lm.model import load_tokenizer
-from tuneship.registry.tracking import stage_run, start_pipeline_run
-from tuneship.tracking_params import config_params
+from tuneship.workdir import Prepared
 
 IGNORE = -100  # label of a token that is not a target (prompt, padding)
 SPLITS = ("train", "validation", "test")
 _PARAGRAPH = re.compile(r"\n\s*\n")
-
-
-def run(cfg: DictConfig) -> dict:
-    """Validate the config, prepare and save the token datasets, log stats and fingerprint."""
-    validate_all(cfg)
-    data_cfg = section(cfg, "data", DataConfig)
-    reg = section(cfg, "registry", RegistryConfig)
-    work_dir = Path(cfg.paths.work_dir)
-    tokenizer = load_tokenizer(section(cfg, "model", ModelConfig), cfg.paths.cache_dir)
-    prepared = prepare(data_cfg, tokenizer, cfg.seed, cache_dir=f"{cfg.paths.cache_dir}/datasets")
-    save(prepared, work_dir / "data")
-    stats = prepared.stats
-    start_pipeline_run(reg, work_dir, run_name=f"{cfg.experiment_name}-{stats['fingerprint'][:8]}")
-    with stage_run(reg, work_dir, "preprocess"):
-        mlflow.log_params(config_params(cfg))
-        mlflow.set_tags({"data_fingerprint": stats["fingerprint"], "dataset": stats["dataset"],
-                         "task": "causal_lm"})
-        mlflow.log_metrics({f"data.{k}_{split}": float(v) for k in ("rows", "tokens")
-                            for split, v in stats[k].items()})
-        mlflow.log_dict(stats, "data/stats.json")
-        for split, context in (("train", "training"), ("test", "testing")):
-            frame = prepared.splits[split].select_columns(["input_ids"]).to_pandas()
-            mlflow.log_input(mlflow.data.from_pandas(
-                frame, source=data_cfg.source, name=f"{stats['dataset']}-{split}",
-                digest=stats["fingerprint"]), context=context)
-    return stats
 
 
 def prepare(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int,

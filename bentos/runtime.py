@@ -1,0 +1,89 @@
+"""The serving contract shared with the training side: the bento arguments (`ServeArgs`, the
+one definition of the serving limits), offline hub settings, device and thread choice.
+
+Owned here because the image carries only `bentos/`; the `tuneship` package loads this file by
+path (`tuneship.settings`), so both sides follow one rule. Importing it sets the offline
+variables for this process and every process it starts. Only the standard library and pydantic
+at import time (torch is imported when a device is chosen).
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, ConfigDict, Field
+
+OFFLINE_VARS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false"}
+
+
+def use_offline_hub() -> None:
+    """Never wait on the model/dataset hub unless the user opted in (TUNESHIP_ONLINE=1)."""
+    online = os.environ.get("TUNESHIP_ONLINE") == "1"
+    for key, value in OFFLINE_VARS.items():
+        if not online or key == "TOKENIZERS_PARALLELISM":
+            os.environ.setdefault(key, value)
+
+
+def flag(name: str, default: bool) -> bool:
+    """An on/off environment variable (`0`, `false`, `no`, `off` are off; unset is `default`)."""
+    value = os.environ.get(name, "").strip().lower()
+    return default if not value else value not in ("0", "false", "no", "off")
+
+
+def device(requested: str | None = None) -> str:
+    """`requested` (else TUNESHIP_DEVICE, else auto): auto is cuda when available, else cpu.
+
+    Raises ValueError for cuda without a visible CUDA device or an unknown name.
+    """
+    import torch
+
+    wanted = requested or os.environ.get("TUNESHIP_DEVICE", "auto")
+    if wanted not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda (got {wanted!r})")
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but no CUDA device is visible")
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return wanted
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which a container's cpuset limits)."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
+def torch_threads(requested: int | None = None, reserve: int = 0) -> int:
+    """`requested`, else TUNESHIP_TORCH_THREADS, else the usable cores minus `reserve` (>= 1).
+
+    Every core is fastest on a machine the process has to itself; on a shared, busy machine a
+    lower value avoids threads stalling at torch's barriers (bentos/README.md#load-test).
+    """
+    if requested:
+        return max(1, requested)
+    if value := os.environ.get("TUNESHIP_TORCH_THREADS"):
+        return max(1, int(value))
+    return max(1, usable_cores() - reserve)
+
+
+class ServeArgs(BaseModel):
+    """Bento arguments (`bentoml build/serve --arg`); `make bento` fills them from conf/serve/."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    model_tag: str | None = None
+    alias: str = "champion"
+    max_request_bytes: int = Field(1_048_576, ge=1024)
+    # /classify
+    max_texts: int = Field(64, gt=0)
+    max_text_chars: int = Field(2000, gt=0)
+    batching: bool = True
+    max_batch_size: int = Field(64, gt=1)
+    max_latency_ms: int = Field(10_000, gt=0)
+    # /generate
+    max_prompt_chars: int = Field(4000, gt=0)
+    max_new_tokens: int = Field(256, gt=0)
+    max_stop: int = Field(4, ge=0)
+
+
+use_offline_hub()

@@ -1,1 +1,0 @@
-"""The causal-LM track: corpus/instruction data, LoRA fine-tuning, perplexity, registration."""
