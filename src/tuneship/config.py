@@ -32,6 +32,8 @@ class DataConfig(_Section):
     drop_duplicates: bool = True
     validation_size: float = Field(0.05, gt=0, le=0.5)
     test_size: float = Field(0.05, gt=0, le=0.5)
+    # Files used as these splits as they are (never re-split; the others are cut from `source`).
+    given: dict[Literal["validation", "test"], str | None] = {}
     max_rows: int | None = Field(None, gt=0)
     max_train_samples: int | None = Field(None, gt=0)
     max_length: int = Field(128, gt=0, le=8192)

@@ -166,3 +166,44 @@ def test_save_is_atomic_and_replaces(tmp_path, tokenizer):
     assert loaded.stats == json.loads(json.dumps(prepared.stats))
     with pytest.raises(TuneshipError, match="run the preprocess stage first"):
         WorkDir(tmp_path / "missing").load_prepared()
+
+
+def test_a_given_test_file_is_used_as_it_is(tmp_path, tokenizer):
+    source = write_csv(tmp_path / "train.csv", rows(5))
+    given = [("a fresh test sentence", "positive"), ("a fresh test sentence", "positive"),
+             ("   ", "negative"), ("another unseen one", "negative")]
+    test = write_csv(tmp_path / "test.csv", given)
+    prepared = prepare(cfg_for(source, given={"test": test}), tokenizer, seed=1,
+                       cache_dir=str(tmp_path / "c"))
+    splits, stats = prepared.splits, prepared.stats
+    assert column(splits["test"], "text") == ["a fresh test sentence", "a fresh test sentence",
+                                              "another unseen one"]  # order and duplicates kept
+    assert stats["given"]["test"] == {"source": test, "rows_raw": 4, "dropped_empty": 1,
+                                      "duplicates_kept": 1}
+    assert stats["rows"]["train"] + stats["rows"]["validation"] == 100  # nothing cut as test
+    assert stats["rows"]["validation"] == 10
+
+
+def test_bad_given_files_are_clear_errors(tmp_path, tokenizer):
+    source = write_csv(tmp_path / "train.csv", rows(5))
+    cache = str(tmp_path / "c")
+    with pytest.raises(TuneshipError, match="data file not found"):
+        prepare(cfg_for(source, given={"test": str(tmp_path / "nope.csv")}), tokenizer, 1, cache)
+    wrong = write_csv(tmp_path / "wrong.csv", [("x", 1)], columns=("review", "label"))
+    with pytest.raises(TuneshipError, match=r"wrong.csv: column\(s\) \['text'\] not found"):
+        prepare(cfg_for(source, given={"test": wrong}), tokenizer, 1, cache)
+    leaked = write_csv(tmp_path / "leak.csv", [(rows(5)[0][0], 1), ("unseen", 0)])
+    with pytest.raises(TuneshipError, match="given file.*'test'.*overlap"):
+        prepare(cfg_for(source, given={"test": leaked}), tokenizer, 1, cache)
+    unknown = write_csv(tmp_path / "unknown.csv", [("fine", "neutral")])
+    with pytest.raises(TuneshipError, match="unknown.csv: row 2.*unknown label 'neutral'"):
+        prepare(cfg_for(source, given={"test": unknown}), tokenizer, 1, cache)
+
+
+def test_given_validation_and_test_leave_train_whole(tmp_path, tokenizer):
+    source = write_csv(tmp_path / "train.csv", rows(5))
+    val = write_csv(tmp_path / "val.csv", [("held out a", 1), ("held out b", 0)])
+    test = write_csv(tmp_path / "test.csv", [("held out c", 1), ("held out d", 0)])
+    prepared = prepare(cfg_for(source, given={"validation": val, "test": test}), tokenizer, 1,
+                       str(tmp_path / "c"))
+    assert prepared.stats["rows"] == {"train": 100, "validation": 2, "test": 2}

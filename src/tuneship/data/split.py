@@ -28,3 +28,13 @@ def split(ds: datasets.Dataset, validation_size: float, test_size: float,
     return datasets.DatasetDict(
         train=second["train"], validation=second["test"], test=first["test"]
     )
+
+
+def split_off(ds: datasets.Dataset, name: str, size: float, seed: int) -> datasets.DatasetDict:
+    """Carve one split (`name`, a fraction `size`) out of `ds`; the rest is `train`."""
+    try:
+        parts = ds.train_test_split(test_size=size, stratify_by_column="label", seed=seed)
+    except ValueError as err:
+        raise TuneshipError(f"cannot cut a {name} split from {len(ds)} rows with every label in "
+                            f"it ({err}); add data or lower data.{name}_size") from None
+    return datasets.DatasetDict({"train": parts["train"], name: parts["test"]})

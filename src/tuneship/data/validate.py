@@ -62,15 +62,19 @@ def require_rows(ds: datasets.Dataset, what: str) -> None:
         raise TuneshipError(f"{what} is empty: nothing is left to train or evaluate on")
 
 
-def require_disjoint(splits: datasets.DatasetDict) -> None:
-    """No text appears in two splits (train/test leakage)."""
+def require_disjoint(splits: datasets.DatasetDict, given: Sequence[str] = ()) -> None:
+    """No text appears in two splits (train/test leakage); `given` splits came from their own
+    files, so an overlap there is the files' own, named in the error."""
     names = list(splits)
     texts = {name: set(column(splits[name], "text")) for name in names}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             shared = texts[a] & texts[b]
             if shared:
+                hint = ("the given file(s) of " + " and ".join(repr(n) for n in (a, b) if n in given)
+                        + " overlap the other split: remove those rows from one file"
+                        if {a, b} & set(given) else "enable data.drop_duplicates")
                 raise TuneshipError(
                     f"{len(shared)} text(s) occur in both '{a}' and '{b}', e.g. "
-                    f"{next(iter(shared))!r}: enable data.drop_duplicates"
+                    f"{next(iter(shared))!r}: {hint}"
                 )

@@ -47,6 +47,9 @@ class CausalLM(Task):
         return model.load_tokenizer(ctx.model, ctx.cache_dir)
 
     def prepare(self, ctx: StageContext, tokenizer) -> Prepared:
+        if any(ctx.data.given.values()):
+            raise TuneshipError("data.given (split files) is supported for classification data "
+                                "only; a corpus is cut into contiguous held-out chunks")
         return data.prepare(ctx.data, tokenizer, ctx.seed, cache_dir=str(ctx.cache_dir / "datasets"))
 
     def data_metrics(self, stats: dict) -> dict[str, float]:
