@@ -34,6 +34,7 @@ class DataConfig(_Section):
     test_size: float = Field(0.05, gt=0, le=0.5)
     # Files used as these splits as they are (never re-split; the others are cut from `source`).
     given: dict[Literal["validation", "test"], str | None] = {}
+    behaviour: str | None = None  # classification: a suites file (conf/behaviour/), scored at evaluate
     max_rows: int | None = Field(None, gt=0)
     max_train_samples: int | None = Field(None, gt=0)
     max_length: int = Field(128, gt=0, le=8192)

@@ -94,3 +94,13 @@ def test_a_killed_run_is_marked_failed_and_followed(lifecycle):
     assert client.get_run(killed).info.status == "FAILED"
     new_id = json.loads(WorkDir(work_dir).run_file.read_text())["run_id"]
     assert client.get_run(new_id).data.tags["tuneship.follows_failed_run"] == killed
+
+
+def test_a_gate_floor_on_a_behaviour_suite_blocks_promotion(workspace):
+    """The smoke model calls everything negative: a floor on the positive MFT suite fails it."""
+    cfg = compose_config(["experiment=smoke", "+registry.gate.floors.behaviour_mft_positive=0.5"])
+    results = run_stages(cfg)
+    assert results["evaluate"]["metrics"]["behaviour_mft_positive"] < 0.5
+    assert results["promote"]["passed"] is False
+    assert "behaviour_mft_positive" in results["promote"]["reason"]
+    assert Path(cfg.paths.work_dir, "eval", "behaviour.json").is_file()

@@ -16,7 +16,7 @@ from transformers import DataCollatorWithPadding
 from tuneship import metrics
 from tuneship.data.columns import column
 from tuneship.errors import TuneshipError
-from tuneship.evaluation import bootstrap, report
+from tuneship.evaluation import behaviour, bootstrap, report
 from tuneship.registry.lineage import pinned
 from tuneship.settings import pick_device
 from tuneship.tasks.base import Built, Logged, Task
@@ -76,10 +76,18 @@ class Classification(Task):
         if not (model_dir / "config.json").is_file():
             raise TuneshipError(f"no trained model in {model_dir}: run the train stage first")
         test, names = prepared.splits["test"], prepared.stats["label_names"]
-        probs = predict_proba(transformers.AutoModelForSequenceClassification.from_pretrained(
-            model_dir), transformers.AutoTokenizer.from_pretrained(model_dir), test, ev.batch_size)
+        classifier = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+        probs = predict_proba(classifier, tokenizer, test, ev.batch_size)
         refs, preds = np.asarray(column(test, "label")), probs.argmax(axis=1)
         scores = metrics.classification_scores(refs, preds, ev.metrics, ev.average)
+        if ctx.data.behaviour:
+            suites = behaviour.load_suites(ctx.data.behaviour, names, ctx.seed)
+            results = behaviour.run_suites(
+                suites, lambda texts: predict_texts(classifier, tokenizer, texts, ev.batch_size),
+                names)
+            ctx.work.write(out / "behaviour.json", results)
+            scores |= {f"behaviour_{name}": r["pass_rate"] for name, r in results.items()}
         low, high = bootstrap.interval(
             lambda idx: metrics.score(ev.headline, refs[idx], preds[idx], ev.average),
             len(refs), ev.bootstrap_samples, ev.confidence, ctx.seed)
@@ -132,6 +140,18 @@ def predict_proba(classifier, tokenizer, split, batch_size: int) -> np.ndarray:
     out = np.empty((len(split), classifier.config.num_labels), dtype=np.float32)
     out[order] = torch.cat(probs).numpy()
     return out
+
+
+@torch.inference_mode()
+def predict_texts(classifier, tokenizer, texts: list[str], batch_size: int) -> np.ndarray:
+    """Class probabilities of raw texts (rows × labels), in order."""
+    device = next(classifier.parameters()).device
+    out = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
+                          max_length=512, return_tensors="pt").to(device)
+        out.append(torch.softmax(classifier(**batch).logits.float(), dim=-1).cpu())
+    return torch.cat(out).numpy()
 
 
 def _card(stats: dict, report: dict, train: dict) -> str:
