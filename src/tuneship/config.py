@@ -108,6 +108,10 @@ class EvalConfig(_Section):
     confidence: float = Field(0.95, gt=0, lt=1)
     worst_examples: int = Field(25, ge=0)
     batch_size: int = Field(128, gt=0)
+    # classification: calibration bins, and named slices of the test split, each a rule:
+    # {max_words: N} | {min_words: N} | {contains: [words]} (whole words, case-insensitive)
+    calibration_bins: int = Field(10, ge=2)
+    slices: dict[str, dict[str, Any]] = {}
     # causal LM only: sample generations logged, their length, test rows scored by ROUGE/BLEU
     samples: int = Field(4, ge=0)
     max_new_tokens: int = Field(48, gt=0)

@@ -91,13 +91,33 @@ class Classification(Task):
         low, high = bootstrap.interval(
             lambda idx: metrics.score(ev.headline, refs[idx], preds[idx], ev.average),
             len(refs), ev.bootstrap_samples, ev.confidence, ctx.seed)
+        texts = column(test, "text")
+        ece, bins = report.calibration(refs, probs, ev.calibration_bins)
+        scores["calibration_ece"] = ece
+        bins.to_csv(out / "calibration.csv", index=False)
+        report.reliability_png(bins, ece, out / "reliability_diagram.png")
+        slices = self._slices(ev, texts, refs, preds)
+        slices.to_csv(out / "slices.csv")
+        scores |= {f"slice_{name}_{k}": row[k] for name, row in slices.iterrows()
+                   for k in ("accuracy", "f1") if row["rows"]}
         classes = report.per_class(refs, preds, names)
         classes.to_csv(out / "per_class.csv")
         report.confusion_png(refs, preds, names, out / "confusion_matrix.png")
-        report.worst_mistakes(column(test, "text"), refs, probs, names, ev.worst_examples).to_csv(
+        report.worst_mistakes(texts, refs, probs, names, ev.worst_examples).to_csv(
             out / "worst_mistakes.csv", index=False)
         return {"metrics": scores, "interval": [low, high], "rows": int(len(refs)),
                 "per_class": classes.round(4).to_dict(orient="index")}
+
+    @staticmethod
+    def _slices(ev, texts: list[str], refs: np.ndarray, preds: np.ndarray) -> pd.DataFrame:
+        """Rows, accuracy and macro F1 of each configured slice of the test split."""
+        rows = {}
+        for name, rule in ev.slices.items():
+            keep = report.slice_mask(texts, rule)
+            rows[name] = {"rows": int(keep.sum()), **(metrics.classification_scores(
+                refs[keep], preds[keep], ["accuracy", "f1"], ev.average) if keep.any()
+                else {"accuracy": float("nan"), "f1": float("nan")})}
+        return pd.DataFrame.from_dict(rows, orient="index", columns=["rows", "accuracy", "f1"])
 
     def log_model(self, ctx: StageContext, prepared: Prepared, lineage: dict[str, str],
                   report: dict, train: dict) -> Logged:
