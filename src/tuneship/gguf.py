@@ -1,10 +1,10 @@
 """`gguf:<package>/<file>.gguf` model sources: a GGUF file shipped in an installed package,
 converted once into a plain safetensors folder under `<cache_dir>/models/`.
 
-Loading a GGUF file dequantizes every tensor (45–65 s for SmolLM2-135M on 2 cores), and a model
+Loading a GGUF file dequantizes every tensor (slow: once per machine), and a model
 loaded that way refuses `save_pretrained`. So the first use builds a fresh model from the config
 (without `quantization_config`), copies the dequantized fp32 weights in and saves it with the
-tokenizer; later loads take ~2 s. The tokenizer alone can be converted first (~13 s), for tests
+tokenizer; later loads read plain safetensors. The tokenizer alone can be converted first, for tests
 that only need the vocabulary. Conversions are serialised by a file lock and published with an
 atomic rename, so parallel processes never see a half-written folder.
 """

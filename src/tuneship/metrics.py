@@ -73,7 +73,7 @@ def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Mean ROUGE-L F-measure (0-1) over (prediction, reference) pairs: `rouge_score`'s
     `RougeScorer(["rougeL"], use_stemmer=True)` (sentence-level LCS, Porter stemming)."""
-    from rouge_score import rouge_scorer  # imported when used: its nltk import takes ~1.5 s
+    from rouge_score import rouge_scorer  # imported when used: it imports nltk
 
     _paired(predictions, references)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)

@@ -55,7 +55,7 @@ class BaseRef:
 def load_tokenizer(cfg: ModelConfig, cache_dir: str | Path) -> PreTrainedTokenizerBase:
     """`model.tokenizer` (default: the base model's), with a pad token (eos when it has none).
 
-    A `gguf:` tokenizer of a model built from_config converts only the tokenizer (~13 s, once).
+    A `gguf:` tokenizer of a model built from_config converts only the tokenizer (once).
     """
     part: gguf.Part = "tokenizer" if cfg.from_config else "model"
     source = resolve_model_path(cfg.tokenizer or cfg.pretrained, cache_dir, part)
