@@ -58,4 +58,4 @@ def test_two_process_causal_lm_training_gives_one_run_and_one_version(workspace)
     runs = mlflow.search_runs(experiment_names=["tuneship-smoke_lm"])
     assert len(runs) == 1 and runs.iloc[0]["metrics.train.world_size"] == 2
     versions = mlflow.MlflowClient().search_model_versions("name='tuneship-smoke_lm'")
-    assert [v.version for v in versions] == ["1"] and results["register"]["version"] == "1"
+    assert [str(v.version) for v in versions] == ["1"] and results["register"]["version"] == "1"
