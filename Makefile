@@ -18,7 +18,7 @@ LINT_DIRS := $(wildcard src pipelines tests benchmarks bentos)
 export BENTOML_HOME ?= $(CURDIR)/bentoml_home
 
 .PHONY: help setup pipeline preprocess train eval register promote rollback mlflow-ui tracking-server train-ddp \
-	test test-fast test-slow lint format clean
+	test test-fast test-slow lint format clean figures
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -80,6 +80,9 @@ test-slow: setup ## Only the slow tier
 lint: setup ## ruff
 	$(VENV)/bin/ruff check $(LINT_DIRS)
 
+figures: setup ## Rewrite the README figure blocks from benchmarks/results/*.json (--check: stale?)
+	$(PY) benchmarks/readme_figures.py
+
 format: setup ## ruff format + import sorting
 	$(VENV)/bin/ruff check --fix src pipelines tests benchmarks bentos
 	$(VENV)/bin/ruff format $(LINT_DIRS)
@@ -122,44 +125,8 @@ container-engine: ## Install podman/buildah (root, apt) and build the offline ba
 	fi
 
 containerize: setup ## Build the OCI image $(IMAGE) of that bento (docker, else podman/buildah)
-	@$(BENTOML) get $(BENTO) >/dev/null 2>&1 || { echo "containerize: no bento $(BENTO):" \
-		"run 'make bento experiment=$(experiment)' first" >&2; exit 1; }
-	@set -o pipefail; . deploy/container/engine.sh || { echo "containerize: no container engine" \
-		"(docker, podman or buildah): run 'make container-engine'; see deploy/container/README.md" >&2; \
-		exit 1; }; \
-	out=$$($(PY) deploy/container/image-labels.py $(BENTO)) || exit 1; mapfile -t labels <<< "$$out"; \
-	base=$$($(BENTOML) get $(BENTO) -o json | $(PY) -c 'import json,sys; print(json.load(sys.stdin)["docker"].get("base_image") or "")'); \
-	if [ -n "$$base" ] && [ "$$CONTAINER_ENGINE" != docker ] && ! $$CONTAINER_ENGINE image exists "$$base"; then \
-		echo "containerize: base image $$base missing: run 'make container-engine'" >&2; exit 1; fi; \
-	echo "$(BENTOML) containerize $(BENTO) --backend $$CONTAINER_ENGINE --image-tag $(IMAGE) $$(printf '%q ' "$${labels[@]}")"; \
-	t0=$$SECONDS; \
-	$(BENTOML) containerize $(BENTO) --backend "$$CONTAINER_ENGINE" --image-tag $(IMAGE) "$${labels[@]}" && \
-	if [ "$$CONTAINER_ENGINE" != buildah ]; then \
-		echo "containerize: built $(IMAGE) in $$((SECONDS - t0)) s," \
-			"$$($$CONTAINER_ENGINE image inspect --format '{{.Size}}' $(IMAGE) | numfmt --to=si)B;" \
-			"dangling layers: $$CONTAINER_ENGINE image prune -f"; fi
+	@VENV=$(VENV) EXPERIMENT=$(experiment) bash deploy/container/containerize.sh $(BENTO) $(IMAGE)
 
 container-run: ## Run that image in the background on $(SERVE_HOST):$(SERVE_PORT), wait for /readyz
-	@. deploy/container/engine.sh || { echo "container-run: no container engine; run" \
-		"'make container-engine', see deploy/container/README.md" >&2; exit 1; }; \
-	if [ "$$CONTAINER_ENGINE" = buildah ]; then \
-		echo "container-run: buildah builds but does not run images: install podman or Docker" >&2; \
-		exit 1; fi; \
-	$$CONTAINER_ENGINE rm -f $(TUNESHIP_CONTAINER) >/dev/null 2>&1 || true; \
-	if [ "$$CONTAINER_ENGINE" = podman ]; then net=(--network host -e BENTOML_HOST=$(SERVE_HOST) \
-		-e BENTOML_PORT=$(SERVE_PORT)); else net=(-p $(SERVE_HOST):$(SERVE_PORT):3000); fi; \
-	echo "$$CONTAINER_ENGINE run -d --name $(TUNESHIP_CONTAINER) $${net[*]} $(IMAGE)"; \
-	$$CONTAINER_ENGINE run -d --name $(TUNESHIP_CONTAINER) "$${net[@]}" \
-		$${TUNESHIP_API_KEY:+-e TUNESHIP_API_KEY} $(IMAGE) >/dev/null || exit 1; \
-	url=http://$(SERVE_HOST):$(SERVE_PORT); deadline=$$((SECONDS + $(READY_TIMEOUT))); \
-	until curl -sf -m 2 -o /dev/null $$url/readyz; do \
-		if [ "$$($$CONTAINER_ENGINE inspect -f '{{.State.Running}}' $(TUNESHIP_CONTAINER) 2>/dev/null)" != true ] \
-			|| [ $$SECONDS -ge $$deadline ]; then \
-			echo "container-run: $(TUNESHIP_CONTAINER) not ready at $$url/readyz within $(READY_TIMEOUT) s:" >&2; \
-			$$CONTAINER_ENGINE logs --tail 40 $(TUNESHIP_CONTAINER) >&2; \
-			$$CONTAINER_ENGINE rm -f $(TUNESHIP_CONTAINER) >/dev/null; exit 1; fi; \
-		sleep 1; done; \
-	echo "container-run: $(IMAGE) ready at $$url (container $(TUNESHIP_CONTAINER))"; \
-	echo "  logs: $$CONTAINER_ENGINE logs -f $(TUNESHIP_CONTAINER)"; \
-	echo "  stop: $$CONTAINER_ENGINE rm -f $(TUNESHIP_CONTAINER)"
+	@bash deploy/container/run.sh $(IMAGE) $(TUNESHIP_CONTAINER) $(SERVE_HOST) $(SERVE_PORT) $(READY_TIMEOUT)
 # --- end serving ---------------------------------------------------------------------------

@@ -12,7 +12,8 @@ a time and holds at most 16, running or waiting (bentos/generation.py), so throu
 stay flat as concurrency grows, latency grow with the queue, and clients beyond 16 get 503
 "busy" instead of unbounded waits. Prints per concurrency: requests/s,
 generated tokens/s, p50/p99 latency, answers by status; then time to the first streamed text
-(`/generate_stream`, alone), time-to-ready and RSS of the server's process tree.
+(`/generate_stream`, alone), time-to-ready and RSS of the server's process tree, and writes
+them with the machine to benchmarks/results/generate_load.json (`--json`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import results  # benchmarks/results.py
 from serve_load import OFFLINE, bento_command, running  # benchmarks/serve_load.py
 from servers import add_server_args, free_port, percentile  # benchmarks/servers.py
 
@@ -123,6 +125,15 @@ def report(levels: list[Level]) -> str:
     return "\n".join(lines)
 
 
+def result_rows(levels: list[Level]) -> list[dict]:
+    """The printed table as rows (benchmarks/results.py)."""
+    return [{"c": lv.concurrency, "req/s": round(len(lv.latencies_ms) / lv.seconds, 2),
+             "tokens/s": round(lv.tokens / lv.seconds, 1), "p50 ms": round(lv.percentile(50)),
+             "p99 ms": round(lv.percentile(99)),
+             "answers": ", ".join(f"{k}: {v}" for k, v in sorted(lv.statuses.items()))}
+            for lv in levels]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_server_args(parser, model="tuneship-smoke_lm", concurrency=[1, 4, 24], duration=20.0)
@@ -130,6 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retry-after", type=int, choices=[0, 1], default=1,
                         help="1: a client answered 503 waits as Retry-After says; 0: re-sends")
     parser.add_argument("--log", type=Path, default=Path("/tmp/tuneship-bench/generate.log"))
+    results.add_args(parser, "generate_load")
     return parser.parse_args(argv)
 
 
@@ -158,6 +170,17 @@ def main(argv: list[str] | None = None) -> None:
           f" (of {len(waits)})")
     print(f"ready after {server.ready_s:.1f} s; RSS {server.rss_ready_mb:.0f} MiB at ready, "
           f"{server.rss_loaded_mb:.0f} MiB after load ({server.processes} processes)")
+    where = results.write("generate_load", result_rows(levels), {
+        "formats": {"req/s": "{:.2f}", "tokens/s": "{:.1f}"}, "note": args.note,
+        "notes": [f"first streamed text, one request at a time: median "
+                  f"{statistics.median(waits):.0f} ms (of {len(waits)}); ready after "
+                  f"{server.ready_s:.1f} s, RSS {server.rss_loaded_mb:.0f} MiB after load"],
+        "bento": bento, "max_new_tokens": args.max_new_tokens, "duration_s": args.duration,
+        "clients": backoff, "first_text_ms": waits, "ready_s": server.ready_s,
+        "rss_ready_mib": server.rss_ready_mb, "rss_loaded_mib": server.rss_loaded_mb,
+        "processes": server.processes,
+    }, args.json)
+    print(f"\nwrote {where}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Prints throughput, p50/p99 latency and errors per concurrency, then time-to-read
 (the server's whole process tree). Last, with every server stopped, the model alone (no HTTP):
 texts/s one at a time and in batches as large as each concurrency, cut into forward passes as
 the service does (bentos/packing.py). Their ratio is the most batching can gain on this machine.
+The tables and raw figures go to benchmarks/results/serve_load.json (`--json`), with the machine.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
-import json
 import os
 import random
 import subprocess
@@ -37,6 +37,7 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+import results  # benchmarks/results.py
 from pydantic import BaseModel, Field
 from servers import add_server_args, free_port, percentile, stop, tree_rss  # benchmarks/
 
@@ -297,6 +298,11 @@ def report(phases: list[Phase], servers: list[Server], per_request: int) -> str:
               "|---|---:|---:|---:|---:|"]
     lines += [f"| {s.variant} | {s.ready_s:.1f} | {s.rss_ready_mb:.0f} | {s.rss_loaded_mb:.0f} "
               f"| {s.processes} |" for s in servers]
+    return "\n".join([*lines, "", *ratio_lines(phases)])
+
+
+def ratio_lines(phases: list[Phase]) -> list[str]:
+    """Batching on/off and on/FastAPI throughput at each concurrency all three ran."""
     by = {(p.variant, p.concurrency): p.throughput for p in phases}
     ratios = []
     for c in sorted({p.concurrency for p in phases}):
@@ -304,7 +310,26 @@ def report(phases: list[Phase], servers: list[Server], per_request: int) -> str:
                                                    "fastapi-pipeline"))
         if on and off and base:
             ratios.append(f"c={c}: batching on/off {on / off:.2f}x, on/fastapi {on / base:.2f}x")
-    return "\n".join([*lines, "", *ratios])
+    return ratios
+
+
+def result_tables(phases: list[Phase], servers: list[Server], alone: dict[int, float],
+                  per_request: int) -> tuple[list[dict], dict[str, list[dict]]]:
+    """The printed tables as rows (benchmarks/results.py): load, then servers and model alone."""
+    rows = [{"variant": p.variant, "c": p.concurrency, "req/s": round(p.throughput, 1),
+             "texts/s": round(p.throughput * per_request, 1),
+             "p50 ms": round(p.percentile(50), 1), "p99 ms": round(p.percentile(99), 1),
+             "errors": sum(p.errors.values()), "requests": len(p.latencies_ms)} for p in phases]
+    tables = {"servers": [{"variant": s.variant, "ready s": round(s.ready_s, 1),
+                           "RSS at ready MiB": round(s.rss_ready_mb),
+                           "RSS after load MiB": round(s.rss_loaded_mb),
+                           "processes": s.processes} for s in servers]}
+    if alone:
+        one = alone[min(alone)]
+        tables["model_alone"] = [{"batch": size, "texts/s": round(rate, 1),
+                                  "vs one at a time": round(rate / one, 2)}
+                                 for size, rate in alone.items()]
+    return rows, tables
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -317,7 +342,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--alone", type=float, default=10.0,
                         help="seconds per batch size for the model alone (0: skip)")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/tuneship-bench"))
-    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    results.add_args(parser, "serve_load", "also write the tables and raw figures here")
     parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--tokenizer-dir", help=argparse.SUPPRESS)
@@ -358,13 +383,17 @@ def main(argv: list[str] | None = None) -> None:
         sizes = sorted({args.texts, *(c * args.texts for c in args.concurrency)})
         alone = model_alone(model_dir, tokenizer_dir, texts, sizes, args.alone)
         print("\n" + report_alone(alone, args.texts))
-    if args.json:
-        args.json.write_text(json.dumps({
-            "bento": bento, "phases": [{**asdict(p), "throughput": p.throughput,
-                                        "p50_ms": p.percentile(50), "p99_ms": p.percentile(99),
-                                        "latencies_ms": None} for p in phases],
-            "servers": [asdict(s) for s in servers], "model_alone_texts_per_s": alone},
-            indent=2))
+    rows, tables = result_tables(phases, servers, alone, args.texts)
+    where = results.write("serve_load", rows, {
+        "tables": tables, "notes": ratio_lines(phases), "note": args.note,
+        "formats": {"req/s": "{:.1f}", "texts/s": "{:.1f}", "p50 ms": "{:.1f}",
+                    "p99 ms": "{:.1f}", "ready s": "{:.1f}", "vs one at a time": "{:.2f}×"},
+        "bento": bento, "texts_per_request": args.texts, "duration_s": args.duration,
+        "phases": [{**asdict(p), "throughput": p.throughput, "p50_ms": p.percentile(50),
+                    "p99_ms": p.percentile(99), "latencies_ms": None} for p in phases],
+        "servers": [asdict(s) for s in servers], "model_alone_texts_per_s": alone,
+    }, args.json)
+    print(f"\nwrote {where}")
 
 
 if __name__ == "__main__":

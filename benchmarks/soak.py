@@ -15,7 +15,8 @@ concurrency 64: a fresh smoke service grew 620 -> 875 MiB over its first 60 s, t
     BENTOML_HOME=bentoml_home .venv/bin/python benchmarks/soak.py --start --duration 120
 
 Exit status 1 when a target is missed (any 5xx, any lost request, RSS growth >= --max-growth).
-`--json PATH` also writes the figures as JSON (tests/integration/test_soak.py reads them).
+`--json PATH` also writes the figures as JSON, with the machine (default
+benchmarks/results/soak.json; tests/integration/test_soak.py reads its own copy).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -35,7 +35,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import aiohttp
-import servers  # benchmarks/servers.py (this directory is on sys.path)
+import results  # benchmarks/results.py (this directory is on sys.path)
+import servers  # benchmarks/servers.py
 from servers import free_port, stop
 
 TEXTS = ["a gripping, beautifully acted film", "a dull and lifeless mess",
@@ -157,6 +158,15 @@ def report(r: dict) -> None:
         print(f"  RSS every {SAMPLE_EVERY_S} s (MiB): {series}")
 
 
+def result_row(r: dict) -> dict:
+    """The printed figures as one table row (benchmarks/results.py)."""
+    return {"c": r["concurrency"], "s": r["duration_s"], "sent": r["sent"],
+            "answered": r["answered"], "lost": r["lost"], "5xx": r["server_errors"],
+            "req/s": r["req_per_s"], "p50 ms": r["p50_ms"], "p99 ms": r["p99_ms"],
+            f"RSS at {r['rss_baseline_at_s']:.0f} s MiB": r["rss_baseline_mib"],
+            "RSS end MiB": r["rss_end_mib"], "RSS growth %": r["rss_growth_pct"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     where = parser.add_mutually_exclusive_group(required=True)
@@ -175,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default=os.environ.get("TUNESHIP_API_KEY"))
     parser.add_argument("--log", type=Path, default=Path("soak-serve.log"),
                         help="the started service's output (with --start)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    results.add_args(parser, "soak")
     args = parser.parse_args(argv)
     if args.baseline_at >= args.duration:
         parser.error("--baseline-at must be shorter than --duration")
@@ -201,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         if proc is not None:
             stop(proc)
     report(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+    where = results.write("soak", [result_row(result)],
+                          {"note": args.note, "warmup_s": args.warmup, **result}, args.json)
+    print(f"wrote {where}")
     growth = result["rss_growth_pct"]
     ok = (result["server_errors"] == 0 and result["lost"] == 0
           and (growth is None or growth < args.max_growth))

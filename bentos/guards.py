@@ -4,8 +4,8 @@ and (generation) a bound on requests in flight.
 Runs before BentoML parses anything, so an oversized or unauthenticated request costs no model
 work. Probes and `/metrics` stay open (Kubernetes and Prometheus call them without a key).
 Every 503 (busy, overloaded, not ready) leaves with `Retry-After`, so clients back off instead
-of retrying at once: on 2 cores, generation clients that re-sent at once after each 503 cut the
-served tokens/s from 10.3 to 6.3 (benchmarks/generate_load.py, bentos/README.md).
+of retrying at once: clients that re-send at once take CPU from the requests being served and
+lower the served throughput (measured with benchmarks/generate_load.py: bentos/README.md).
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("tuneship.guard")
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+OPENAI_PREFIX = "/v1/"  # answers there take OpenAI's error shape (openai_api.py)
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                413: "invalid_request_error", 415: "invalid_request_error", 503: "server_error"}
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -59,10 +62,12 @@ class Guard:
         if scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
+        openai = scope["path"].startswith(OPENAI_PREFIX)
         if self._key is not None and not self._authorized(scope):
             log.warning("401 %s %s: missing or wrong API key", scope["method"], scope["path"])
             await _reject(send, 401, "missing or invalid API key: send 'Authorization: Bearer "
-                          "<key>' or 'X-API-Key: <key>'", {"www-authenticate": "Bearer"})
+                          "<key>' or 'X-API-Key: <key>'", {"www-authenticate": "Bearer"},
+                          openai=openai, code="invalid_api_key")
             return
         if scope["method"] not in BODY_METHODS:
             await self.app(scope, receive, send)
@@ -70,7 +75,7 @@ class Guard:
         content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
             await _reject(send, 415, f"Content-Type must be application/json "
-                          f"(got {content_type or 'none'!r})")
+                          f"(got {content_type or 'none'!r})", openai=openai)
             return
         body = await self._read_body(scope, receive, send)
         if body is not None:
@@ -98,13 +103,15 @@ class Guard:
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The whole body, or None after answering 413/400 (declared or actual size)."""
+        openai = scope["path"].startswith(OPENAI_PREFIX)
         declared = _header(scope, b"content-length")
         if declared is not None:
             if not declared.isdigit():
-                await _reject(send, 400, "invalid Content-Length header")
+                await _reject(send, 400, "invalid Content-Length header", openai=openai)
                 return None
             if int(declared) > self.max_body_bytes:
-                await _reject(send, 413, self._too_large(int(declared)))
+                await _reject(send, 413, self._too_large(int(declared)), openai=openai,
+                              code="request_too_large")
                 return None
         chunks, size, more = [], 0, True
         while more:
@@ -114,7 +121,8 @@ class Guard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                await _reject(send, 413, self._too_large(size))
+                await _reject(send, 413, self._too_large(size), openai=openai,
+                              code="request_too_large")
                 return None
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -165,8 +173,13 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 async def _reject(send: Send, status: int, message: str,
-                  headers: dict[str, str] | None = None) -> None:
-    body = json.dumps({"error": message}).encode()
+                  headers: dict[str, str] | None = None, *, openai: bool = False,
+                  code: str | None = None) -> None:
+    error: Any = message
+    if openai:  # {"error": {"message", "type", "param", "code"}}, as OpenAI clients expect
+        error = {"message": message, "type": OPENAI_TYPES.get(status, "invalid_request_error"),
+                 "param": None, "code": code}
+    body = json.dumps({"error": error}).encode()
     raw_headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(body)).encode())]
     raw_headers += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]

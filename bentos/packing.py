@@ -2,16 +2,16 @@
 
 A pass over `count` texts padded to the longest one, `longest` tokens, costs about
 `pass_cost + count * longest` token-times: a fixed part (reading every weight once, launching
-kernels) and a part that grows with the padded tokens. MiniLM on the 2-core dev VM: 14 ms +
-0.34 ms per padded token, so one pass costs as much as ~40 tokens (bentos/README.md).
+kernels) and a part that grows with the padded tokens. `pass_cost` is that fixed part in
+tokens; the measurements behind the defaults are in bentos/README.md ("Forward passes").
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# (most padded tokens per pass, cost of a pass in tokens) by device kind. CPU: measured as above
-# and with `benchmarks/serve_load.py`; CUDA: a pass is mostly launch cost, so few big ones.
+# (most padded tokens per pass, cost of a pass in tokens) by device kind. CPU: from MiniLM's
+# measured pass cost (bentos/README.md); CUDA: a pass is mostly launch cost, so few big ones.
 DEFAULTS = {"cpu": (1024, 40.0), "cuda": (16384, 4096.0)}
 
 
@@ -21,7 +21,8 @@ def plan_passes(lengths: list[int], budget: int, pass_cost: float) -> list[list[
     Texts are sorted by length and cut into runs (an optimal grouping pads each text to the
     longest of its run, so only sorted runs need trying); each pass has at most `budget` padded
     tokens unless one text alone is longer. Dynamic programming over the cut points: for each
-    end, every start the budget allows, in one numpy step (64 texts: < 1 ms; 1024: ~15 ms).
+    end, every start the budget allows, in one numpy step, so planning stays small next to a
+    forward pass (timings in bentos/README.md).
     """
     order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
     ordered = np.asarray(lengths, dtype=np.int64)[order]
