@@ -7,32 +7,42 @@
 One `bentoml serve <model>:latest` on a free loopback port. Closed-loop asyncio + aiohttp
 clients at each concurrency send `POST /generate` (greedy, `--max-new-tokens`, a Tiny
 Shakespeare line as prompt) as soon as their last one returned; a client answered 503 waits as
-its `Retry-After` says (`--retry-after 0` re-sends at once). The service runs one generation at
-a time and holds at most 16, running or waiting (bentos/generation.py), so throughput should
-stay flat as concurrency grows, latency grow with the queue, and clients beyond 16 get 503
-"busy" instead of unbounded waits. Prints per concurrency: requests/s,
+its `Retry-After` says (`--retry-after 0` re-sends at once). The service batches concurrent
+generations (bentos/engine.py: up to TUNESHIP_LLM_MAX_BATCH decoded together, TUNESHIP_LLM_MAX_QUEUE
+waiting; beyond, 503 "busy"). Prints per concurrency: requests/s,
 generated tokens/s, p50/p99 latency, answers by status; then time to the first streamed text
 (`/generate_stream`, alone), time-to-ready and RSS of the server's process tree, and writes
 them with the machine to benchmarks/results/generate_load.json (`--json`).
+
+`--api openai` drives `/v1/completions` with the official AsyncOpenAI client (streamed) against
+the bento, the bento decoding one request at a time, and `transformers serve
+--continuous-batching` on the same weights (see "The OpenAI routes" below; JSON:
+generate_load_openai.json). `--adapter-ab` measures LoRA adapters mixed in one forward against
+one forward per adapter group, in process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import httpx
 import results  # benchmarks/results.py
 from serve_load import OFFLINE, bento_command, running  # benchmarks/serve_load.py
-from servers import add_server_args, free_port, percentile  # benchmarks/servers.py
+from servers import add_server_args, free_port, percentile, stop, tree_rss  # benchmarks/servers.py
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = (Path(os.environ.get("TUNESHIP_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -141,6 +151,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retry-after", type=int, choices=[0, 1], default=1,
                         help="1: a client answered 503 waits as Retry-After says; 0: re-sends")
     parser.add_argument("--log", type=Path, default=Path("/tmp/tuneship-bench/generate.log"))
+    add_openai_args(parser)
     results.add_args(parser, "generate_load")
     return parser.parse_args(argv)
 
@@ -148,6 +159,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.update(OFFLINE)
+    if args.adapter_ab:
+        adapter_ab(args)
+        return
+    if args.api == "openai":
+        openai_main(args)
+        return
     args.log.parent.mkdir(parents=True, exist_ok=True)
     bento = args.bento or f"{args.model.lower()}:latest"
     prompts = load_prompts()
@@ -181,6 +198,289 @@ def main(argv: list[str] | None = None) -> None:
         "processes": server.processes,
     }, args.json)
     print(f"\nwrote {where}")
+
+
+# --- the OpenAI routes (/v1/completions) against transformers serve ----------------------------
+#
+#   BENTOML_HOME=bentoml_home .venv/bin/python benchmarks/generate_load.py --api openai \
+#       --model tuneship-smoke_lm --concurrency 1 4 16 32 --duration 20
+#
+# Each variant alone on a free loopback port, in this order: the bento (bentos/engine.py,
+# continuous batching), the same bento with TUNESHIP_LLM_MAX_BATCH=1 (one request decoded at a
+# time: what the service did before the engine), and `transformers serve --continuous-batching
+# --attn-implementation sdpa` on the same weights. Closed-loop AsyncOpenAI clients stream
+# `completions.create(max_tokens=--max-new-tokens, temperature=0)`; per level: output tokens/s
+# (usage when the server sends it, else one token per non-empty chunk), time to the first
+# text p50/p99, inter-chunk gap p50, errors by kind, and the peak RSS of the server's tree.
+
+VARIANTS = ("tuneship", "one-at-a-time", "transformers-serve")
+
+
+@dataclass
+class StreamLevel:
+    """One closed-loop run of streaming completions at a fixed concurrency."""
+
+    variant: str
+    concurrency: int
+    seconds: float = 0.0
+    tokens: int = 0
+    requests: int = 0
+    ttft_ms: list[float] = field(default_factory=list, repr=False)
+    gaps_ms: list[float] = field(default_factory=list, repr=False)
+    errors: Counter = field(default_factory=Counter)
+    peak_rss_mb: float = 0.0
+
+
+def add_openai_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api", choices=["generate", "openai"], default="generate",
+                        help="generate: POST /generate (above); openai: /v1/completions with "
+                             "AsyncOpenAI against the variants of --variants")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--model-dir", type=Path,
+                        help="weights + tokenizer for transformers serve (default: the bento's)")
+    parser.add_argument("--adapter-ab", action="store_true",
+                        help="in-process A/B of LoRA adapters mixed in one forward vs one "
+                             "forward per adapter group (bentos/engine.py adapter_mode)")
+
+
+def served_folder(bento: str, into: Path) -> Path:
+    """One folder with the bento model's weights and tokenizer (transformers serve wants both)."""
+    from serve_load import model_files
+
+    model_dir, tokenizer_dir = model_files(bento)
+    into.mkdir(parents=True, exist_ok=True)
+    for source in (Path(model_dir), Path(tokenizer_dir)):
+        for item in source.iterdir():
+            link = into / item.name
+            if not link.exists():
+                link.symlink_to(item.resolve())
+    return into
+
+
+@contextlib.contextmanager
+def serving(cmd: list[str], env: dict[str, str], port: int, log: Path, ready_path: str,
+            timeout: float):
+    """Start a server in its own session; yield (url, proc, seconds to ready); stop it."""
+    url = f"http://127.0.0.1:{port}"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env={**os.environ, **OFFLINE, **env}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+    try:
+        start = time.perf_counter()
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd[0]} exited ({proc.returncode}); see {log}")
+            if time.perf_counter() - start > timeout:
+                raise TimeoutError(f"{url} not ready after {timeout:.0f} s; see {log}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.3)
+        yield url, proc, time.perf_counter() - start
+    finally:
+        stop(proc)
+
+
+async def drive_openai(url: str, model: str, prompts: list[str], variant: str, concurrency: int,
+                       seconds: float, max_tokens: int, pid: int) -> StreamLevel:
+    """`concurrency` AsyncOpenAI clients streaming completions back to back for `seconds`."""
+    import openai
+
+    level = StreamLevel(variant, concurrency)
+    rng = random.Random(concurrency)
+    stop_sampling = asyncio.Event()
+
+    async def sample_rss() -> None:
+        while not stop_sampling.is_set():
+            level.peak_rss_mb = max(level.peak_rss_mb, tree_rss(pid)[0] / 2**20)
+            await asyncio.sleep(0.5)
+
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0,
+                                  timeout=300) as api:
+        start = time.perf_counter()
+        deadline = start + seconds
+
+        async def client() -> None:
+            while time.perf_counter() < deadline:
+                t0 = last = time.perf_counter()
+                first, chunks, usage = None, 0, None
+                try:
+                    stream = await api.completions.create(
+                        model=model, prompt=rng.choice(prompts), max_tokens=max_tokens,
+                        temperature=0, stream=True, stream_options={"include_usage": True})
+                    async for chunk in stream:
+                        if chunk.usage is not None:
+                            usage = chunk.usage.completion_tokens
+                        if chunk.choices and chunk.choices[0].text:
+                            now = time.perf_counter()
+                            if first is None:
+                                first = now - t0
+                            else:
+                                level.gaps_ms.append((now - last) * 1000)
+                            last, chunks = now, chunks + 1
+                except openai.APIStatusError as err:
+                    level.errors[str(err.status_code)] += 1
+                    await asyncio.sleep(float(err.response.headers.get("retry-after", 0)))
+                    continue
+                except (openai.APIError, httpx.HTTPError, OSError) as err:
+                    level.errors[type(err).__name__] += 1
+                    continue
+                level.requests += 1
+                level.tokens += usage if usage is not None else chunks
+                if first is not None:
+                    level.ttft_ms.append(first * 1000)
+
+        sampler = asyncio.create_task(sample_rss())
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        level.seconds = time.perf_counter() - start
+        stop_sampling.set()
+        await sampler
+    return level
+
+
+def variant_command(variant: str, bento: str, port: int, folder: Path) -> tuple[list[str], dict]:
+    if variant == "transformers-serve":
+        exe = str(Path(sys.executable).with_name("transformers"))
+        return [exe, "serve", str(folder), "--continuous-batching", "--attn-implementation",
+                "sdpa", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
+                "--log-level", "warning"], {}
+    env = {"TUNESHIP_LLM_MAX_BATCH": "1"} if variant == "one-at-a-time" else {}
+    return bento_command(bento, port), env
+
+
+def openai_main(args: argparse.Namespace) -> None:
+    bento = args.bento or f"{args.model.lower()}:latest"
+    prompts = load_prompts()
+    args.log.parent.mkdir(parents=True, exist_ok=True)
+    folder = args.model_dir or served_folder(bento, Path(tempfile.mkdtemp(prefix="tuneship-w-")))
+    hf_home = Path(tempfile.mkdtemp(prefix="tuneship-hf-"))
+    (hf_home / "hub").mkdir()  # transformers serve answers 500 without a hub cache folder
+    levels: list[StreamLevel] = []
+    starts: dict[str, float] = {}
+    for variant in args.variants:
+        port = free_port()
+        cmd, env = variant_command(variant, bento, port, folder)
+        env = {**env, "HF_HOME": str(hf_home)}
+        log = args.log.with_name(f"openai-{variant}.log")
+        model = str(folder) if variant == "transformers-serve" else args.model
+        ready = "/health" if variant == "transformers-serve" else "/readyz"
+        print(f"-- {variant}: starting (log {log})", flush=True)
+        with serving(cmd, env, port, log, ready, args.ready_timeout) as (url, proc, ready_s):
+            starts[variant] = ready_s
+            asyncio.run(drive_openai(url, model, prompts, variant, 4, 5, args.max_new_tokens,
+                                     proc.pid))  # warm-up (transformers' CB sets up on first use)
+            for concurrency in args.concurrency:
+                levels.append(asyncio.run(drive_openai(url, model, prompts, variant, concurrency,
+                                                       args.duration, args.max_new_tokens,
+                                                       proc.pid)))
+                print(f"   c={concurrency:<3} done", flush=True)
+    rows = openai_rows(levels)
+    print(f"\n{bento}, /v1/completions streamed, greedy, max_tokens {args.max_new_tokens}, "
+          f"{args.duration:.0f} s per level, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.2f}\n")
+    print(openai_report(rows))
+    ratios = openai_ratios(levels)
+    for line in ratios:
+        print(line)
+    print("ready after: " + ", ".join(f"{v} {s:.1f} s" for v, s in starts.items()))
+    where = results.write("generate_load_openai", rows, {
+        "formats": {"tokens/s": "{:.1f}"}, "note": args.note, "notes": ratios,
+        "bento": bento, "max_tokens": args.max_new_tokens, "duration_s": args.duration,
+        "ready_s": starts}, args.json.with_name("generate_load_openai.json")
+        if args.json == results.default_path("generate_load") else args.json)
+    print(f"\nwrote {where}")
+
+
+def openai_rows(levels: list[StreamLevel]) -> list[dict]:
+    return [{"variant": lv.variant, "c": lv.concurrency,
+             "tokens/s": round(lv.tokens / lv.seconds, 1), "requests": lv.requests,
+             "TTFT p50 ms": round(percentile(lv.ttft_ms, 50)),
+             "TTFT p99 ms": round(percentile(lv.ttft_ms, 99)),
+             "ITL p50 ms": round(percentile(lv.gaps_ms, 50), 1),
+             "errors": ", ".join(f"{k}: {v}" for k, v in sorted(lv.errors.items())) or "0",
+             "peak RSS MiB": round(lv.peak_rss_mb)} for lv in levels]
+
+
+def openai_report(rows: list[dict]) -> str:
+    header = list(rows[0]) if rows else []
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if h in ("variant", "errors") else "---:" for h in header) + "|"]
+    lines += ["| " + " | ".join(str(row[h]) for h in header) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def openai_ratios(levels: list[StreamLevel]) -> list[str]:
+    """tokens/s of the engine over each other variant, per concurrency (same run)."""
+    rate = {(lv.variant, lv.concurrency): lv.tokens / lv.seconds for lv in levels}
+    lines = []
+    for other in ("one-at-a-time", "transformers-serve"):
+        pairs = [(c, rate[("tuneship", c)] / rate[(other, c)]) for (v, c) in rate
+                 if v == other and ("tuneship", c) in rate and rate[(other, c)] > 0]
+        if pairs:
+            lines.append(f"tuneship / {other} tokens/s: " +
+                         ", ".join(f"c={c} {r:.2f}x" for c, r in pairs))
+    return lines
+
+
+# --- LoRA adapters: mixed in one forward vs one forward per adapter group ---------------------
+
+
+def adapter_ab(args: argparse.Namespace) -> None:
+    """Tokens/s of the engine on one workload, adapters mixed vs grouped, interleaved reps."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sys.path.insert(0, str(ROOT / "bentos"))
+    from engine import Engine, Request, SamplingParams  # bentos/engine.py (no BentoML)
+    from runtime import torch_threads
+
+    bento = args.bento or f"{args.model.lower()}:latest"
+    folder = args.model_dir or served_folder(bento, Path(tempfile.mkdtemp(prefix="tuneship-w-")))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tmp = Path(tempfile.mkdtemp(prefix="tuneship-lora-"))
+    adapters = {}
+    for i, name in enumerate(("a", "b")):
+        base = AutoModelForCausalLM.from_pretrained(folder)
+        torch.manual_seed(i)
+        get_peft_model(base, LoraConfig(r=8, target_modules=["q_proj", "v_proj"],
+                                        init_lora_weights=False)).save_pretrained(tmp / name)
+        adapters[name] = str(tmp / name)
+    prompts = load_prompts()[:24]
+    names = [None, "a", "b"]
+    work = [Request(tokenizer(p)["input_ids"], SamplingParams(max_tokens=args.max_new_tokens,
+                                                              ignore_eos=True), names[i % 3])
+            for i, p in enumerate(prompts)]
+    base_only = [Request(r.prompt_ids, r.params) for r in work]
+
+    async def run(engine: Engine, requests: list[Request]) -> float:
+        start = time.perf_counter()
+        streams = [engine.submit(Request(r.prompt_ids, r.params, r.adapter)) for r in requests]
+        done = await asyncio.gather(*(s.collect() for s in streams))
+        return sum(d.completion_tokens for d in done) / (time.perf_counter() - start)
+
+    rates: dict[str, list[float]] = {"mixed": [], "grouped": [], "no adapters": []}
+    engines = {}
+    for mode in ("mixed", "grouped"):
+        engines[mode] = Engine(AutoModelForCausalLM.from_pretrained(folder), tokenizer, adapters,
+                               adapter_mode=mode, threads=torch_threads(), max_batch=32)
+    engines["no adapters"] = Engine(AutoModelForCausalLM.from_pretrained(folder), tokenizer,
+                                    threads=torch_threads(), max_batch=32)
+    for engine in engines.values():  # warm-up
+        asyncio.run(run(engine, work[:3] if engine.adapters else base_only[:3]))
+    for _ in range(3):
+        for mode, engine in engines.items():
+            rates[mode].append(asyncio.run(run(engine, work if engine.adapters else base_only)))
+    for engine in engines.values():
+        engine.close()
+    med = {mode: statistics.median(r) for mode, r in rates.items()}
+    print(f"\n{folder}: {len(work)} requests (base, a, b in turn) x {args.max_new_tokens} tokens,"
+          f" {torch_threads()} threads, 3 interleaved reps, median tokens/s; load average "
+          f"{os.getloadavg()[0]:.2f}")
+    for mode, rate in med.items():
+        print(f"  {mode:12} {rate:7.1f}   ({', '.join(f'{x:.1f}' for x in rates[mode])})")
+    print(f"  mixed / grouped {med['mixed'] / med['grouped']:.2f}x; mixed / no adapters "
+          f"{med['mixed'] / med['no adapters']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,58 +1,156 @@
-"""Tuneship text generation, served by BentoML 1.4: the bento of a causal-LM champion.
+"""Tuneship text generation, served by BentoML 1.4: an OpenAI-compatible LLM service.
 
 `make bento experiment=shakespeare_lora` (or `smoke_lm`) builds it from this module (the
-classification bento uses `service.py`). One service, `TuneshipLM`, on port 3000:
+classification bento uses `service.py`). One service, `TuneshipLM`, on port 3000, over one
+continuous-batching engine (engine.py): concurrent requests share forward passes, each may
+name a LoRA adapter.
 
-- `POST /generate`: `prompt`, `max_new_tokens` (bounded by the bento argument), `temperature`
-  (0 = greedy), `top_p`, `stop` strings, `seed` → the generated text, why it ended
-  (`stop` = a stop string or the end-of-sequence token, `length` = `max_new_tokens` reached) and
-  token counts.
-- `POST /generate_stream`: the same request; the text is streamed (text/plain) as it is produced.
-- `GET /model`, `/healthz`, `/readyz`, `/metrics` (BentoML's plus token and finish counters).
+- `/v1/models`, `/v1/completions`, `/v1/chat/completions`: the OpenAI API (openai_api.py).
+- `POST /generate`, `POST /generate_stream`: the earlier JSON API (`prompt`, `max_new_tokens`,
+  `temperature`, `top_p`, `stop`, `seed` -> text, finish reason, token counts), now thin aliases
+  over the same engine.
+- `GET /model` (served models, versions, metrics, lineage, engine limits and load), `/healthz`,
+  `/readyz`, `/metrics` (BentoML's plus the `tuneship_llm_*` series named like vLLM's).
 
-The same guards as `/classify` (guards.py: API key, JSON only, body limit); bad parameters get a
-400 that names them. Generation runs one request at a time per worker (a CPU runs one `generate`
-fastest alone; at most MAX_QUEUED in all, running or waiting: beyond that 503 "busy" with
-`Retry-After`).
+The base model is the BentoML store model the bento names (`stored_card`,
+`metadata["transformers"]`); LoRA adapters come from TUNESHIP_LLM_ADAPTERS (`name=folder` or
+`name=bento-model-tag`, comma-separated) and, at run time, `Engine.add_adapter`. The same guards
+as `/classify` (guards.py: API key, JSON only, body limit; OpenAI-shaped errors on /v1).
+Engine settings (environment; a bento argument of the same name wins once ServeArgs has it):
+
+| Variable | Default | Effect |
+|---|---|---|
+| TUNESHIP_LLM_KV_BUDGET | 8192 (CPU), 65536 (GPU) | KV tokens the batch may reach (rows x longest) |
+| TUNESHIP_LLM_MAX_BATCH | 32 (CPU), 64 (GPU) | requests decoded together |
+| TUNESHIP_LLM_MAX_QUEUE | 64 | requests waiting; beyond: 429 (/v1) or 503 (/generate) + Retry-After |
+| TUNESHIP_LLM_ADAPTERS | none | LoRA adapters to serve |
+| TUNESHIP_LLM_DTYPE | the registered dtype (CPU), bfloat16 (GPU) | weights and activations |
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import functools
 import json
 import logging
 import os
-import queue
-import threading
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
-from bentoml.exceptions import InvalidArgument
+import openai_api
 from common import ModelRef, device, load_args, stored_card, torch_threads
-from guards import Capacity, Guard
-from prometheus_client import Counter
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, StringConstraints
+from engine import Engine, EngineFull, InvalidRequest, Observer, Request, SamplingParams
+from guards import Guard
+from prometheus_client import Counter, Gauge, Histogram
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    ValidationError,
+)
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 log = logging.getLogger("tuneship.generation")
 ARGS, MODEL_TAG = load_args()
-MAX_QUEUED = 16  # generations running or waiting for the model before new ones get 503
 STOP_CHARS = 64
 
-GENERATIONS = Counter("tuneship_generations", "Generations finished, by reason", ["finish_reason"])
-PROMPT_TOKENS = Counter("tuneship_prompt_tokens", "Prompt tokens read")
-COMPLETION_TOKENS = Counter("tuneship_completion_tokens", "Tokens generated")
+# --- metrics (named like vLLM's; label model_name = the base model or the adapter asked for) --
+
+LABEL = ["model_name"]
+TTFT = Histogram("tuneship_llm_time_to_first_token_seconds",
+                 "Time from a request's arrival to its first generated token", LABEL,
+                 buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+                          2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0))
+ITL = Histogram("tuneship_llm_inter_token_latency_seconds",
+                "Time between two generated tokens of one request", LABEL,
+                buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+                         5.0, 10.0, 20.0, 40.0, 80.0))
+E2E = Histogram("tuneship_llm_e2e_request_latency_seconds",
+                "Time from a request's arrival to its last token", LABEL,
+                buckets=(0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
+                         50.0, 60.0, 120.0, 240.0, 480.0, 960.0))
+RUNNING = Gauge("tuneship_llm_num_requests_running", "Requests in the running batch", LABEL,
+                multiprocess_mode="livesum")
+WAITING = Gauge("tuneship_llm_num_requests_waiting", "Requests waiting for a place (the HPA "
+                "scales on this)", LABEL, multiprocess_mode="livesum")
+PROMPT_TOKENS = Counter("tuneship_llm_prompt_tokens", "Prompt tokens read", LABEL)
+GENERATION_TOKENS = Counter("tuneship_llm_generation_tokens", "Tokens generated", LABEL)
+FINISHED = Counter("tuneship_llm_requests", "Requests finished, by reason "
+                   "(stop, length, cancelled, error)", [*LABEL, "finish_reason"])
 
 
-# --- request and response bodies ----------------------------------------------------------------
+class Metrics(Observer):
+    """The engine's callbacks into Prometheus (called from the engine thread)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        for gauge in (RUNNING, WAITING):
+            gauge.labels(model_name=base).set(0)
+
+    def first_token(self, model: str, seconds: float) -> None:
+        TTFT.labels(model_name=model).observe(seconds)
+
+    def inter_token(self, model: str, seconds: float) -> None:
+        ITL.labels(model_name=model).observe(seconds)
+
+    def finished(self, model: str, reason: str, seconds: float, prompt_tokens: int,
+                 completion_tokens: int) -> None:
+        FINISHED.labels(model_name=model, finish_reason=reason).inc()
+        PROMPT_TOKENS.labels(model_name=model).inc(prompt_tokens)
+        GENERATION_TOKENS.labels(model_name=model).inc(completion_tokens)
+        if reason in ("stop", "length"):
+            E2E.labels(model_name=model).observe(seconds)
+
+    def load(self, running: int, waiting: int) -> None:
+        RUNNING.labels(model_name=self.base).set(running)
+        WAITING.labels(model_name=self.base).set(waiting)
+
+
+# --- engine settings ---------------------------------------------------------------------------
+
+
+def setting(name: str, default: Any, cast: type = int) -> Any:
+    """A bento argument (once ServeArgs has it), else TUNESHIP_LLM_<NAME>, else `default`."""
+    env = os.environ.get(f"TUNESHIP_LLM_{name.upper()}")
+    if env:
+        return cast(env)
+    value = getattr(ARGS, f"llm_{name}", None)
+    return default if value is None else value
+
+
+def adapter_sources(spec: str) -> dict[str, str]:
+    """`name=folder-or-bento-tag,...` (a bare entry is named after its folder or model)."""
+    sources = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, where = item.rpartition("=")
+        sources[name or Path(where).name.split(":")[0]] = where
+    return sources
+
+
+def adapter_folder(where: str) -> str:
+    """A folder holding adapter_config.json: the folder itself, or inside a BentoML model."""
+    path = Path(where)
+    if not path.is_dir():
+        path = Path(bentoml.models.get(where).path)
+    if (path / "adapter_config.json").is_file():
+        return str(path)
+    found = sorted(path.rglob("adapter_config.json"))
+    if not found:
+        raise RuntimeError(f"no LoRA adapter (adapter_config.json) in {where}")
+    return str(found[0].parent)
+
+
+# --- the /generate request ----------------------------------------------------------------------
 
 Prompt = Annotated[StrictStr, StringConstraints(min_length=1, max_length=ARGS.max_prompt_chars)]
 Stop = Annotated[StrictStr, StringConstraints(min_length=1, max_length=STOP_CHARS)]
@@ -93,7 +191,7 @@ class GenerateResponse(BaseModel):
     model: ModelRef
 
 
-# --- the model ----------------------------------------------------------------------------------
+# --- the model card -----------------------------------------------------------------------------
 
 
 @functools.cache
@@ -111,47 +209,113 @@ def model_card() -> dict[str, Any]:
                            "chat_template": bool(meta.get("prompt_template"))}}
 
 
-@dataclass
-class Job:
-    """One validated generation: token ids in, the `generate` arguments, the stop strings."""
-
-    input_ids: list[int]
-    kwargs: dict[str, Any]
-    stop: list[str]
-    seed: int | None
-    cancelled: threading.Event = field(default_factory=threading.Event)  # the client left
+def _service(request: HTTPRequest) -> TuneshipLM:
+    service = getattr(request.app.state, "service", None)
+    if service is None:
+        raise RuntimeError("the model is not loaded yet")
+    return service
 
 
-class StopWhenCancelled:
-    """A `generate` stopping criterion: ends the generation once its client has gone."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
-        import torch
-
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
-                          device=input_ids.device)
+async def model_endpoint(request: HTTPRequest) -> JSONResponse:
+    card = dict(model_card())
+    service = getattr(request.app.state, "service", None)
+    if service is not None:
+        served = service.served
+        card["served"] = {"models": [served.card(m) for m in served.model_ids()],
+                          "adapters": dict(service.engine.adapters),
+                          "engine": service.engine.stats()}
+    return JSONResponse(card)
 
 
-def first_stop(text: str, stops: list[str], start: int = 0) -> int | None:
-    """Index of the earliest stop string in `text` at or after `start`, else None."""
-    found = [i for s in stops if (i := text.find(s, start)) >= 0]
-    return min(found) if found else None
+def _bad_request(err: ValidationError) -> JSONResponse:
+    first = err.errors(include_url=False, include_context=False, include_input=False)[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return JSONResponse({"error": f"{where}: {first['msg']}" if where else first["msg"],
+                         "detail": err.errors(include_url=False, include_context=False,
+                                              include_input=False)}, status_code=400)
 
 
-async def model_endpoint(_: Request) -> JSONResponse:
-    return JSONResponse(model_card())
+async def _generate_job(request: HTTPRequest) -> tuple[TuneshipLM, Request] | Response:
+    try:
+        body = GenerateRequest.model_validate_json(await request.body())
+    except ValidationError as err:
+        return _bad_request(err)
+    service = _service(request)
+    try:
+        return service, service.prepare(body)
+    except InvalidRequest as err:
+        return JSONResponse({"error": str(err)}, status_code=400)
 
 
-routes = Starlette(routes=[Route("/model", model_endpoint, methods=["GET"])])
+def _busy(err: EngineFull) -> JSONResponse:
+    return JSONResponse({"error": str(err)}, status_code=503,
+                        headers={"retry-after": str(err.retry_after_s)})
+
+
+async def generate_endpoint(request: HTTPRequest) -> Response:
+    """`POST /generate`: the whole text, why it ended, token counts, which model answered."""
+    prepared = await _generate_job(request)
+    if isinstance(prepared, Response):
+        return prepared
+    service, job = prepared
+    try:
+        stream = service.engine.submit(job)
+    except EngineFull as err:
+        return _busy(err)
+    watcher = asyncio.create_task(openai_api.cancel_on_disconnect(request, [stream]))
+    try:
+        result = await stream.collect()
+    finally:
+        watcher.cancel()
+        stream.cancel()
+    if result.finish_reason == "error":
+        return JSONResponse({"error": f"generation failed: {result.error}"}, status_code=500)
+    card = model_card()
+    return JSONResponse(GenerateResponse(
+        text=result.text, finish_reason=result.finish_reason,  # type: ignore[arg-type]
+        usage=Usage(prompt_tokens=result.prompt_tokens,
+                    completion_tokens=result.completion_tokens,
+                    total_tokens=result.prompt_tokens + result.completion_tokens),
+        model=ModelRef(name=card["name"], version=card["version"], alias=card["alias"],
+                       bento_model=card["bento_model"])).model_dump())
+
+
+async def generate_stream_endpoint(request: HTTPRequest) -> Response:
+    """`POST /generate_stream`: the same text as plain text, sent as it is produced."""
+    prepared = await _generate_job(request)
+    if isinstance(prepared, Response):
+        return prepared
+    service, job = prepared
+    try:
+        stream = service.engine.submit(job)
+    except EngineFull as err:
+        return _busy(err)
+
+    async def pieces() -> AsyncIterator[str]:
+        try:
+            async for delta in stream:
+                if delta.text:
+                    yield delta.text
+        finally:
+            stream.cancel()  # the client left mid-stream: free its place at the next step
+
+    return StreamingResponse(pieces(), media_type="text/plain; charset=utf-8")
+
+
+routes = Starlette(routes=[
+    Route("/model", model_endpoint, methods=["GET"]),
+    Route("/generate", generate_endpoint, methods=["POST"]),
+    Route("/generate_stream", generate_stream_endpoint, methods=["POST"]),
+])
+routes.state.service = None
+openai_app = openai_api.build_app()
 
 
 @bentoml.service(traffic={"timeout": 300})
 @bentoml.asgi_app(routes, path="/")
+@bentoml.asgi_app(openai_app, path="/v1")  # mounted first: "/" would match /v1 paths too
 class TuneshipLM:
-    """The causal LM, its tokenizer and a one-worker queue of generations."""
+    """The causal LM, its tokenizer, adapters and the continuous-batching engine."""
 
     bento_model = bentoml.models.BentoModel(MODEL_TAG)
 
@@ -163,169 +327,64 @@ class TuneshipLM:
         meta = stored.info.metadata
         files = meta["transformers"]
         self.device = device()
-        if self.device == "cpu":
-            torch.set_num_threads(torch_threads(reserve=0))  # one process: HTTP is mostly idle
+        gpu = self.device == "cuda"
+        dtype_name = os.environ.get("TUNESHIP_LLM_DTYPE") or (
+            "bfloat16" if gpu else files["torch_dtype"])
+        dtype = getattr(torch, dtype_name)
         self.tokenizer = AutoTokenizer.from_pretrained(stored.path_of(files["tokenizer"]))
         model = AutoModelForCausalLM.from_pretrained(
-            stored.path_of(files["model"]), dtype=getattr(torch, files["torch_dtype"]),
-            use_safetensors=True)
-        self.model = model.to(self.device).eval()
+            stored.path_of(files["model"]), dtype=dtype, use_safetensors=True)
         self.context = getattr(model.config, "max_position_embeddings", None) or 2048
         self.template: str | None = meta.get("prompt_template")
         self.defaults = meta.get("generation", {})
-        eos = model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-        self.pad_id = self.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = min(self.eos_ids) if self.eos_ids else 0
-        self.worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="generate")
-        self._generate(self.prepare("Hello", 1, 0.0, 1.0, [], None))  # warm-up before ready
-        log.info("loaded %s on %s (%d torch threads, context %d tokens)", stored.tag,
-                 self.device, torch.get_num_threads(), self.context)
-
-    # -- validation and generation (worker thread) --
-
-    def prepare(self, prompt: str, max_new_tokens: int | None, temperature: float,
-                top_p: float, stop: list[str], seed: int | None) -> Job:
-        """Tokenize and check the request against the model; InvalidArgument (400) if it cannot run."""
-        text = self.template.format(prompt=prompt) if self.template else prompt
-        ids = self.tokenizer(text, add_special_tokens=self.template is None)["input_ids"]
-        limit = min(ARGS.max_new_tokens, int(self.defaults.get("max_new_tokens", 64)))
-        new = max_new_tokens or limit
-        if len(ids) + new > self.context:
-            raise InvalidArgument(
-                f"prompt is {len(ids)} tokens; with max_new_tokens={new} that exceeds the "
-                f"model's context of {self.context} tokens: shorten the prompt or ask for fewer")
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": new, "pad_token_id": self.pad_id,
-            "repetition_penalty": float(self.defaults.get("repetition_penalty", 1.0))}
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if stop:
-            kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
-        return Job(ids, kwargs, stop, seed)
-
-    def _generate(self, job: Job, streamer: Any = None) -> list[int]:
-        """The new token ids (runs on the one worker thread); none if the client already left."""
-        import torch
-        from transformers import StoppingCriteriaList
-
-        if job.cancelled.is_set():
-            if streamer is not None:
-                streamer.end()
-            return []
-        with torch.inference_mode():
-            if job.seed is not None:
-                torch.manual_seed(job.seed)
-            input_ids = torch.tensor([job.input_ids], device=self.device)
-            out = self.model.generate(input_ids=input_ids,
-                                      attention_mask=torch.ones_like(input_ids),
-                                      streamer=streamer, **job.kwargs,
-                                      stopping_criteria=StoppingCriteriaList(
-                                          [StopWhenCancelled(job.cancelled)]))
-        return out[0, len(job.input_ids):].tolist()
-
-    def submit(self, job: Job, streamer: Any = None) -> asyncio.Future[list[int]]:
-        """Queue a generation on the worker (Capacity bounds how many wait: MAX_QUEUED)."""
-        return asyncio.get_running_loop().run_in_executor(self.worker, self._generate, job,
-                                                          streamer)
-
-    def finish(self, job: Job, new_ids: list[int]) -> tuple[str, str]:
-        """The text (cut before a stop string) and the finish reason; counts tokens."""
-        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-        cut = first_stop(text, job.stop)
-        ended = cut is not None or bool(new_ids and new_ids[-1] in self.eos_ids)
-        reason = "stop" if ended else "length"
-        GENERATIONS.labels(finish_reason=reason).inc()
-        PROMPT_TOKENS.inc(len(job.input_ids))
-        COMPLETION_TOKENS.inc(len(new_ids))
-        return (text if cut is None else text[:cut]), reason
-
-    # -- the API --
-
-    @bentoml.api(route="/generate", input_spec=GenerateRequest, output_spec=GenerateResponse)
-    async def generate(self, prompt: str, max_new_tokens: int | None = None,
-                       temperature: float = 0.0, top_p: float = 1.0,
-                       stop: list[str] | None = None, seed: int | None = None
-                       ) -> GenerateResponse:
-        """Generate a continuation of `prompt` (the model's chat template applied if it has one)."""
-        job = self.prepare(prompt, max_new_tokens, temperature, top_p, stop or [], seed)
-        try:
-            new_ids = await self.submit(job)
-        except asyncio.CancelledError:  # the client disconnected: free the model for the next
-            self.cancel(job)
-            raise
-        text, reason = self.finish(job, new_ids)
         card = model_card()
-        return GenerateResponse(
-            text=text, finish_reason=reason,  # type: ignore[arg-type]
-            usage=Usage(prompt_tokens=len(job.input_ids), completion_tokens=len(new_ids),
-                        total_tokens=len(job.input_ids) + len(new_ids)),
-            model=ModelRef(name=card["name"], version=card["version"], alias=card["alias"],
-                           bento_model=card["bento_model"]))
+        adapters = {name: adapter_folder(where) for name, where in
+                    adapter_sources(setting("adapters", "", str)).items()}
+        self.engine = Engine(
+            model, self.tokenizer, adapters, device=self.device, dtype=dtype,
+            kv_budget_tokens=setting("kv_budget", 65536 if gpu else 8192),
+            max_batch=setting("max_batch", 64 if gpu else 32),
+            max_queue=setting("max_queue", 64),
+            threads=None if gpu else torch_threads(),  # one process: HTTP is mostly idle
+            max_model_len=self.context, adapter_mode=setting("adapter_mode", "mixed", str),
+            observer=Metrics(card["name"]), model_name=card["name"])
+        self.default_new = min(ARGS.max_new_tokens, int(self.defaults.get("max_new_tokens", 64)))
+        self.served = openai_api.ServedModel(
+            engine=self.engine, tokenizer=self.tokenizer, model_id=card["name"],
+            aliases=frozenset({card["bento_model"], f"{card['name']}@{card['alias']}",
+                               f"{card['name']}:{card['version']}"}),
+            max_tokens_limit=ARGS.max_new_tokens, default_max_tokens=self.default_new,
+            repetition_penalty=float(self.defaults.get("repetition_penalty", 1.0)),
+            max_stop=ARGS.max_stop)
+        self.engine.generate(Request(self.tokenizer("Hello")["input_ids"] or [0],
+                                     SamplingParams(max_tokens=2)), timeout=120)  # warm-up
+        routes.state.service = self
+        openai_app.state.llm = self.served
+        log.info("loaded %s on %s (%s, %d torch threads, context %d tokens, adapters %s; engine "
+                 "%s)", stored.tag, self.device, dtype_name, torch.get_num_threads(),
+                 self.context, sorted(adapters) or "none", self.engine.stats())
 
-    @bentoml.api(route="/generate_stream", input_spec=GenerateRequest)
-    async def generate_stream(self, prompt: str, max_new_tokens: int | None = None,
-                              temperature: float = 0.0, top_p: float = 1.0,
-                              stop: list[str] | None = None, seed: int | None = None
-                              ) -> AsyncGenerator[str, None]:
-        """The same generation, streamed as plain text while it is produced."""
-        from transformers import TextIteratorStreamer
+    def prepare(self, body: GenerateRequest) -> Request:
+        """A /generate body as an engine request; InvalidRequest (400) if it cannot run."""
+        text = self.template.format(prompt=body.prompt) if self.template else body.prompt
+        ids = self.tokenizer(text, add_special_tokens=self.template is None)["input_ids"]
+        new = body.max_new_tokens or self.default_new
+        if len(ids) + new > self.context:
+            raise InvalidRequest(
+                f"prompt is {len(ids)} tokens; with max_new_tokens={new} that exceeds the "
+                f"model's context of {self.context} tokens: shorten the prompt or ask for fewer",
+                "max_new_tokens")
+        sampled = body.temperature > 0
+        return Request(ids, SamplingParams(
+            max_tokens=new, temperature=body.temperature, top_p=body.top_p if sampled else 1.0,
+            seed=body.seed, stop=tuple(body.stop),
+            repetition_penalty=float(self.defaults.get("repetition_penalty", 1.0))))
 
-        job = self.prepare(prompt, max_new_tokens, temperature, top_p, stop or [], seed)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, timeout=1.0,
-                                        skip_special_tokens=True)
-        future = self.submit(job, streamer)
-        hold = max((len(s) for s in job.stop), default=1) - 1  # a stop string may be cut in two
-        text, sent, complete = "", 0, False
-        try:
-            async for chunk in _chunks(streamer, future):
-                text += chunk
-                cut = first_stop(text, job.stop, max(0, sent - hold))
-                if cut is not None:
-                    yield text[sent:cut]
-                    sent = len(text)
-                    break
-                if len(text) - hold > sent:
-                    yield text[sent:len(text) - hold]
-                    sent = len(text) - hold
-            if sent < len(text) and first_stop(text, job.stop) is None:
-                yield text[sent:]
-            complete = True
-        finally:
-            if not complete:  # the client disconnected mid-stream (or generation failed)
-                self.cancel(job)
-        self.finish(job, await future)
-
-    def cancel(self, job: Job) -> None:
-        """Stop a generation whose client has gone (at its next token, or before it starts)."""
-        job.cancelled.set()
-        GENERATIONS.labels(finish_reason="cancelled").inc()
-        log.info("client gone: generation cancelled")
-
-
-async def _chunks(streamer: Any, future: asyncio.Future) -> AsyncGenerator[str, None]:
-    """Text pieces from a TextIteratorStreamer until generation ends (or fails)."""
-    loop = asyncio.get_running_loop()
-    pieces, end = iter(streamer), object()
-    while True:
-        try:
-            piece = await loop.run_in_executor(None, next, pieces, end)
-        except queue.Empty:  # nothing for a second: finished with an error, or just slow
-            if future.done():
-                future.result()  # re-raises the generation's error
-                return
-            continue
-        if piece is end:
-            return
-        if piece:
-            yield piece
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        with contextlib.suppress(Exception):
+            self.engine.close()
 
 
 TuneshipLM.add_asgi_middleware(Guard, api_key=os.environ.get("TUNESHIP_API_KEY") or None,
                                max_body_bytes=ARGS.max_request_bytes)
-# Inside Guard (added after it): only authorised, well-formed requests take a place.
-TuneshipLM.add_asgi_middleware(Capacity, limit=MAX_QUEUED, what="generations",
-                               paths=frozenset({"/generate", "/generate_stream"}))

@@ -1,0 +1,875 @@
+"""A continuous-batching generation engine for causal LMs: torch, transformers and peft only.
+
+Requests share forward passes. A request joins the running batch at the next decode step (its
+prompt is prefilled, padded together with the others that arrived since the last step, and its
+KV cache is merged into the batch's), and a finished or cancelled one leaves at once (its rows
+are dropped from the cache). One background thread runs the loop; callers never run `generate`.
+
+    engine = Engine(model, tokenizer, adapters={"poet": "/path/to/lora"}, kv_budget_tokens=8192)
+    stream = engine.submit(Request(prompt_ids, SamplingParams(max_tokens=32), adapter="poet"))
+    async for delta in stream:       # text/token deltas; the last one has finish_reason and usage
+        ...
+    engine.generate(Request(...))    # the same, blocking: a Result
+
+Why not transformers' own `ContinuousBatchingManager` (`init_continuous_batching`, paged cache)?
+It takes no per-request adapter, and on this project's 2-core CPU it ran SmolLM2-135M at 0.58x
+the tokens/s of a plain left-padded batched `generate` (16 prompts x 32 tokens: 86-97 vs
+140-167 tokens/s, transformers 5.23, fp32, sdpa; bentos/README.md). So the batch here is a
+left-padded `DynamicCache` plus a 2-D attention mask, with per-row `position_ids`:
+
+- all rows end at the same cache column, so the cache is as long as its longest row; columns
+  that are padding in every row are cut off whenever rows leave;
+- memory is bounded by `kv_budget_tokens`: a request is admitted only while
+  rows x longest possible row (prompt + max_tokens) stays within it, so the padded cache can
+  never outgrow the budget; the rest wait in a bounded queue (`max_queue`; beyond: `EngineFull`,
+  which the HTTP layer answers 429/503 with Retry-After);
+- LoRA adapters (peft) are chosen per request: a batch mixing adapters runs as one forward with
+  peft's `adapter_names=[...]` per row ("__base__" for the base model); a batch of a single
+  adapter uses `set_adapter` (or `disable_adapter` for the base) and no per-row hooks.
+  `adapter_mode="grouped"` instead keeps one batch per adapter and runs one forward per group
+  (kept for the A/B in benchmarks/generate_load.py --adapter-ab; mixed is the default because it
+  measured faster, see bentos/README.md);
+- sampling per row: greedy, or temperature + top_p with the request's own `torch.Generator`
+  (a seed makes it repeat); stop strings end the text before the first one (a possible start of
+  one is held back while streaming); `max_tokens`; end-of-sequence tokens; repetition,
+  presence and frequency penalties.
+
+Decoder-only models with full-attention caches (Llama, Qwen2, Mistral without a sliding window,
+...) are supported; other cache layouts raise at the first prefill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import queue
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+log = logging.getLogger("tuneship.engine")
+BASE = "__base__"  # peft's name for "no adapter" in `adapter_names`
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+class EngineError(Exception):
+    """Base class of what `submit` raises before a request is queued."""
+
+
+class InvalidRequest(EngineError, ValueError):
+    """The request cannot run on this model (HTTP 400); `param` names the field at fault."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class UnknownAdapter(EngineError, KeyError):
+    """No adapter of that name is loaded (HTTP 404)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown adapter"
+
+
+class EngineFull(EngineError):
+    """The waiting queue is full (HTTP 429/503 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EngineStopped(EngineError):
+    """The engine was closed."""
+
+
+# --- requests and results -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request is decoded (temperature 0 = greedy)."""
+
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    repetition_penalty: float = 1.0  # transformers' meaning (divides positive logits of seen tokens)
+    presence_penalty: float = 0.0    # OpenAI's meaning, over the generated tokens
+    frequency_penalty: float = 0.0
+    ignore_eos: bool = False         # benchmarks: always generate max_tokens
+
+
+@dataclass
+class Request:
+    prompt_ids: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    adapter: str | None = None  # None = the base model
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class Delta:
+    """New output of one request. The last one has `finish_reason` and the token counts."""
+
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Result:
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    error: str | None = None
+
+
+class Observer:
+    """Callbacks from the engine thread (metrics); the default does nothing."""
+
+    def first_token(self, model: str, seconds: float) -> None: ...
+    def inter_token(self, model: str, seconds: float) -> None: ...
+    def finished(self, model: str, reason: str, seconds: float, prompt_tokens: int,
+                 completion_tokens: int) -> None: ...
+    def load(self, running: int, waiting: int) -> None: ...
+
+
+# --- output delivery ----------------------------------------------------------------------------
+
+
+class _AsyncSink:
+    """Hands deltas from the engine thread to an asyncio queue on the caller's loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.queue = loop, asyncio.Queue()
+
+    def put(self, delta: Delta) -> bool:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, delta)
+            return True
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            return False
+
+
+class _SyncSink:
+    def __init__(self) -> None:
+        self.queue: queue.Queue[Delta] = queue.Queue()
+
+    def put(self, delta: Delta) -> bool:
+        self.queue.put(delta)
+        return True
+
+
+class Stream:
+    """The async iterator `submit` returns: deltas until (and including) the finishing one.
+
+    A consumer that stops early must call `cancel()` (or `aclose()`): the request then leaves
+    the batch at the next step.
+    """
+
+    def __init__(self, engine: Engine, request_id: str, sink: _AsyncSink) -> None:
+        self.engine, self.request_id, self._sink, self._done = engine, request_id, sink, False
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> Delta:
+        if self._done:
+            raise StopAsyncIteration
+        delta = await self._sink.queue.get()
+        if delta.finish_reason is not None:
+            self._done = True
+        return delta
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def cancel(self) -> None:
+        if not self._done:
+            self._done = True
+            self.engine.cancel(self.request_id)
+
+    async def aclose(self) -> None:
+        self.cancel()
+
+    async def collect(self) -> Result:
+        """Read to the end: the whole text and the counts."""
+        return _collect([d async for d in self])
+
+
+def _collect(deltas: list[Delta]) -> Result:
+    last = deltas[-1]
+    assert last.finish_reason is not None
+    return Result(last.request_id, "".join(d.text for d in deltas),
+                  [t for d in deltas for t in d.token_ids], last.finish_reason,
+                  last.prompt_tokens, last.completion_tokens, last.error)
+
+
+# --- per-request state (engine thread) ----------------------------------------------------------
+
+
+class _Seq:
+    """One request in the engine: its tokens, text, sampler and timing."""
+
+    def __init__(self, request: Request, sink: _AsyncSink | _SyncSink, device: str,
+                 model_name: str) -> None:
+        self.request, self.sink = request, sink
+        self.id, self.params = request.request_id, request.params
+        self.adapter = request.adapter or BASE
+        self.model_name = request.adapter or model_name
+        self.prompt_len = len(request.prompt_ids)
+        self.reserved = self.prompt_len + self.params.max_tokens  # longest this row can get
+        self.generated: list[int] = []
+        self.length = 0           # tokens of this row in the cache
+        self.pending: int | None = None  # sampled, not yet fed to the model
+        self.text = ""
+        self.sent_chars = 0
+        self.sent_tokens = 0
+        self.finish: FinishReason | None = None
+        self.submitted = time.perf_counter()
+        self.last_token_at: float | None = None
+        self.generator: torch.Generator | None = None
+        if self.params.temperature > 0:
+            self.generator = torch.Generator(device=device)
+            seed = self.params.seed if self.params.seed is not None else random.getrandbits(63)
+            self.generator.manual_seed(seed)
+
+
+class _Batch:
+    """Rows decoded together: a left-padded DynamicCache and its attention mask."""
+
+    def __init__(self, key: str | None) -> None:
+        self.key = key  # the adapter of every row (grouped mode), or None (mixed)
+        self.rows: list[_Seq] = []
+        self.cache: Any = None
+        self.mask: torch.Tensor | None = None
+
+    @property
+    def longest_reserved(self) -> int:
+        return max((r.reserved for r in self.rows), default=0)
+
+    def merge(self, cache: Any, mask: torch.Tensor, rows: list[_Seq]) -> None:
+        """Append rows whose prefill produced `cache`/`mask` (same right-aligned layout)."""
+        if not self.rows:
+            self.cache, self.mask, self.rows = cache, mask, list(rows)
+            self.trim()
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        ours, theirs = _layers(self.cache), _layers(cache)
+        for a, b in zip(ours, theirs, strict=True):
+            a.keys = torch.cat([_pad_left(a.keys, width), _pad_left(b.keys, width)])
+            a.values = torch.cat([_pad_left(a.values, width), _pad_left(b.values, width)])
+        self.mask = torch.cat([_pad_left_2d(self.mask, width), _pad_left_2d(mask, width)])
+        self.rows.extend(rows)
+        self.trim()
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep only these rows (the others finished or left)."""
+        if len(indices) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in indices]
+        if not self.rows:
+            self.cache = self.mask = None
+            return
+        index = torch.tensor(indices, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+        self.trim()
+
+    def trim(self) -> None:
+        """Cut the leading columns that are padding in every row."""
+        used = self.mask.any(dim=0)
+        first = int(used.to(torch.int8).argmax())
+        if first > 0:
+            for layer in _layers(self.cache):
+                layer.keys = layer.keys[..., first:, :]
+                layer.values = layer.values[..., first:, :]
+            self.mask = self.mask[:, first:]
+
+
+def _layers(cache: Any) -> list[Any]:
+    return list(cache.layers)
+
+
+def _pad_left(x: torch.Tensor, width: int) -> torch.Tensor:
+    pad = width - x.shape[-2]
+    return x if pad == 0 else torch.nn.functional.pad(x, (0, 0, pad, 0))
+
+
+def _pad_left_2d(mask: torch.Tensor, width: int) -> torch.Tensor:
+    pad = width - mask.shape[1]
+    return mask if pad == 0 else torch.nn.functional.pad(mask, (pad, 0))
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters of `text` could be the start of a stop string."""
+    best = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:k]):
+                best = k
+                break
+    return best
+
+
+# --- the engine ---------------------------------------------------------------------------------
+
+
+class Engine:
+    """Continuous batching over `model` (a causal LM, or a peft model with LoRA adapters).
+
+    Args:
+        model: a transformers causal LM (or a `PeftModel` around one), in eval mode.
+        tokenizer: its tokenizer (decoding and the end-of-sequence ids).
+        adapters: LoRA adapters to load, name -> folder (more later with `add_adapter`).
+        kv_budget_tokens: most KV-cache tokens (rows x padded length) the running batch may hold.
+        max_batch: most requests decoded together.
+        max_queue: most requests waiting for a place; beyond it `submit` raises `EngineFull`.
+        device, dtype: where and in which precision to run (the model is moved there).
+        threads: torch intra-op threads for the engine thread (None: leave torch's setting).
+        max_model_len: the context length (default: the config's `max_position_embeddings`).
+        max_prefill_tokens: most padded prompt tokens prefilled in one forward pass.
+        adapter_mode: "mixed" (one forward for any mix of adapters) or "grouped".
+        observer: metric callbacks.
+        model_name: the base model's name (for the observer and `stats`).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, adapters: dict[str, str] | None = None, *,
+                 kv_budget_tokens: int = 8192, max_batch: int = 32, max_queue: int = 64,
+                 device: str | None = None, dtype: torch.dtype | None = None,
+                 threads: int | None = None, max_model_len: int | None = None,
+                 eos_token_ids: Iterable[int] | None = None, max_prefill_tokens: int = 2048,
+                 adapter_mode: Literal["mixed", "grouped"] = "mixed",
+                 observer: Observer | None = None, model_name: str = "model") -> None:
+        if adapter_mode not in ("mixed", "grouped"):
+            raise ValueError(f"adapter_mode must be mixed or grouped (got {adapter_mode!r})")
+        self.device = str(device or next(model.parameters()).device)
+        self.dtype = dtype
+        model = model.to(device=self.device, dtype=dtype) if dtype else model.to(self.device)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.kv_budget = kv_budget_tokens
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.max_prefill_tokens = max_prefill_tokens
+        self.adapter_mode = adapter_mode
+        self.threads = threads
+        self.observer = observer or Observer()
+        self.model_name = model_name
+        config = getattr(self._base_model(), "config", None)
+        self.max_model_len = (max_model_len or getattr(config, "max_position_embeddings", None)
+                              or 2048)
+        self.eos_ids = set(eos_token_ids) if eos_token_ids is not None else _eos_ids(model,
+                                                                                   tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
+            min(self.eos_ids) if self.eos_ids else 0)
+        self.adapters: dict[str, str] = {}
+        self._active: str | None = None  # the adapter set with set_adapter (peft)
+        self._cv = threading.Condition()
+        self._waiting: collections.deque[_Seq] = collections.deque()
+        self._cancelled: set[str] = set()
+        self._commands: list[Callable[[], None]] = []
+        self._batches: dict[str | None, _Batch] = {}
+        self._running_ids: set[str] = set()
+        self._stopped = False
+        self._counters = collections.Counter()
+        for name, path in (adapters or {}).items():
+            self._load_adapter(name, path)
+        self._thread = threading.Thread(target=self._run, name="tuneship-engine", daemon=True)
+        self._thread.start()
+
+    # -- public API (any thread) --
+
+    def submit(self, request: Request) -> Stream:
+        """Queue a request; its deltas arrive on the calling event loop (call inside one)."""
+        sink = _AsyncSink(asyncio.get_running_loop())
+        self._enqueue([(request, sink)])
+        return Stream(self, request.request_id, sink)
+
+    def submit_many(self, requests: list[Request]) -> list[Stream]:
+        """Queue several requests at once (all or none: e.g. OpenAI's `n`)."""
+        loop = asyncio.get_running_loop()
+        pairs = [(r, _AsyncSink(loop)) for r in requests]
+        self._enqueue(pairs)
+        return [Stream(self, r.request_id, s) for r, s in pairs]
+
+    def generate(self, request: Request, timeout: float | None = None) -> Result:
+        """Run a request to the end, blocking the calling thread (not the event loop)."""
+        sink = _SyncSink()
+        self._enqueue([(request, sink)])
+        deltas = []
+        try:
+            while not deltas or deltas[-1].finish_reason is None:
+                deltas.append(sink.queue.get(timeout=timeout))
+        except queue.Empty:
+            self.cancel(request.request_id)
+            raise TimeoutError(f"request {request.request_id} unfinished after {timeout} s") from None
+        return _collect(deltas)
+
+    def cancel(self, request_id: str) -> None:
+        """Stop a request: a waiting one is dropped now, a running one leaves at the next step."""
+        with self._cv:
+            for seq in self._waiting:
+                if seq.id == request_id:
+                    self._waiting.remove(seq)
+                    self._finish_now(seq, "cancelled")
+                    return
+            if request_id in self._running_ids:
+                self._cancelled.add(request_id)
+                self._cv.notify()
+
+    def stats(self) -> dict[str, Any]:
+        with self._cv:
+            return {"running": self._running_count(), "waiting": len(self._waiting),
+                    "kv_tokens_bound": self._kv_bound(), "kv_budget_tokens": self.kv_budget,
+                    "max_batch": self.max_batch, "max_queue": self.max_queue,
+                    "max_model_len": self.max_model_len, "adapters": sorted(self.adapters),
+                    "adapter_mode": self.adapter_mode, **self._counters}
+
+    def add_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter (between two steps); requests may name it as soon as this returns."""
+        self._call(lambda: self._load_adapter(name, path))
+
+    def remove_adapter(self, name: str) -> None:
+        """Unload an adapter no request is using (InvalidRequest while one is)."""
+        def remove() -> None:
+            if name not in self.adapters:
+                raise UnknownAdapter(f"no adapter named {name!r}")
+            busy = [s for b in self._batches.values() for s in b.rows if s.adapter == name]
+            if busy or any(s.adapter == name for s in self._waiting):
+                raise InvalidRequest(f"adapter {name!r} is in use by running or waiting requests")
+            self.model.delete_adapter(name)
+            del self.adapters[name]
+            self._active = None
+        self._call(remove)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the loop; requests still in it finish with reason "cancelled"."""
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+    # -- admission --
+
+    def check(self, request: Request) -> None:
+        """Raise InvalidRequest/UnknownAdapter if the request can never run here."""
+        params, n = request.params, len(request.prompt_ids)
+        if n == 0:
+            raise InvalidRequest("the prompt is empty (0 tokens)", "prompt")
+        if params.max_tokens < 1:
+            raise InvalidRequest(f"max_tokens must be at least 1 (got {params.max_tokens})",
+                                 "max_tokens")
+        if request.adapter is not None and request.adapter not in self.adapters:
+            raise UnknownAdapter(f"no adapter named {request.adapter!r} (loaded: "
+                                 f"{', '.join(sorted(self.adapters)) or 'none'})")
+        if n + params.max_tokens > self.max_model_len:
+            raise InvalidRequest(
+                f"the prompt is {n} tokens and max_tokens is {params.max_tokens}: {n} + "
+                f"{params.max_tokens} = {n + params.max_tokens} exceeds the model's context of "
+                f"{self.max_model_len} tokens; shorten the prompt or ask for fewer tokens",
+                "max_tokens")
+        if n + params.max_tokens > self.kv_budget:
+            raise InvalidRequest(
+                f"the prompt ({n} tokens) plus max_tokens ({params.max_tokens}) needs "
+                f"{n + params.max_tokens} KV-cache tokens; this server holds at most "
+                f"{self.kv_budget}", "max_tokens")
+
+    def _enqueue(self, pairs: list[tuple[Request, Any]]) -> None:
+        for request, _ in pairs:
+            self.check(request)
+        with self._cv:
+            if self._stopped:
+                raise EngineStopped("the engine is closed")
+            seqs = [_Seq(request, sink, self.device, self.model_name) for request, sink in pairs]
+            # Those the next step will admit (free rows and KV budget) do not count as waiting.
+            queued = [*self._waiting, *seqs]
+            if len(queued) - self._fitting(queued) > self.max_queue:
+                raise EngineFull(f"busy: {len(self._waiting)} requests waiting (limit "
+                                 f"{self.max_queue}) behind {self._running_count()} running; "
+                                 f"retry later")
+            self._waiting.extend(seqs)
+            self._counters["submitted"] += len(pairs)
+            self._cv.notify()
+        self._report_load()
+
+    def _running_count(self) -> int:
+        return sum(len(b.rows) for b in list(self._batches.values()))
+
+    def _kv_bound(self) -> int:
+        """The most KV tokens the running batches can reach (rows x longest possible row)."""
+        return sum(len(b.rows) * b.longest_reserved for b in list(self._batches.values()))
+
+    def _batch_key(self, seq: _Seq) -> str | None:
+        return seq.adapter if self.adapter_mode == "grouped" else None
+
+    def _plan(self, queued: list[_Seq], prefill_limit: bool) -> int:
+        """How many of `queued` (in order) fit now: rows, KV budget (and prefill size)."""
+        batches = list(self._batches.items())
+        rows = max(sum(len(b.rows) for _, b in batches), len(self._running_ids))  # + in prefill
+        longest = {k: b.longest_reserved for k, b in batches}
+        counts = {k: len(b.rows) for k, b in batches}
+        longest_prompt, taken = 0, 0
+        for seq in queued:
+            if rows + taken >= self.max_batch:
+                break
+            key = self._batch_key(seq)
+            trial_longest = {**longest, key: max(longest.get(key, 0), seq.reserved)}
+            trial_counts = {**counts, key: counts.get(key, 0) + 1}
+            if sum(trial_counts[k] * trial_longest[k] for k in trial_counts) > self.kv_budget:
+                break  # first come, first served: the head waits for room
+            prompt = max(longest_prompt, seq.prompt_len)
+            if prefill_limit and taken and prompt * (taken + 1) > self.max_prefill_tokens:
+                break  # the rest are prefilled at the next step
+            longest, counts, longest_prompt = trial_longest, trial_counts, prompt
+            taken += 1
+        return taken
+
+    def _fitting(self, queued: list[_Seq]) -> int:
+        return self._plan(queued, prefill_limit=False)
+
+    def _admit(self) -> list[_Seq]:
+        """Move waiting requests into the batch while rows, KV budget and prefill size allow."""
+        with self._cv:
+            admitted = [self._waiting.popleft()
+                        for _ in range(self._plan(list(self._waiting), prefill_limit=True))]
+            self._running_ids.update(seq.id for seq in admitted)
+        return admitted
+
+    # -- the loop (engine thread) --
+
+    def _run(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)  # per thread for OpenMP: set it here
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not (self._stopped or self._waiting or self._batches
+                               or self._commands or self._cancelled):
+                        self._cv.wait()
+                    if self._stopped:
+                        break
+                    commands, self._commands = self._commands, []
+                    cancelled, self._cancelled = self._cancelled, set()
+                for command in commands:
+                    command()
+                try:
+                    self._drop(cancelled)
+                    admitted = self._admit()
+                    if admitted:
+                        self._prefill(admitted)
+                    for batch in list(self._batches.values()):
+                        self._decode(batch)
+                except Exception as err:  # a failed forward: fail what runs, keep serving
+                    log.exception("engine step failed")
+                    self._fail_all(f"{type(err).__name__}: {err}")
+                self._report_load()
+        self._shutdown()
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the engine thread between two steps and wait for it (errors re-raised)."""
+        if threading.current_thread() is self._thread:
+            fn()
+            return
+        done, errors = threading.Event(), []
+
+        def command() -> None:
+            try:
+                fn()
+            except Exception as err:
+                errors.append(err)
+            finally:
+                done.set()
+
+        with self._cv:
+            if self._stopped:
+                raise EngineStopped("the engine is closed")
+            self._commands.append(command)
+            self._cv.notify()
+        done.wait()
+        if errors:
+            raise errors[0]
+
+    def _drop(self, cancelled: set[str]) -> None:
+        if not cancelled:
+            return
+        for key, batch in list(self._batches.items()):
+            keep = []
+            for i, seq in enumerate(batch.rows):
+                if seq.id in cancelled:
+                    self._finish_now(seq, "cancelled")
+                else:
+                    keep.append(i)
+            batch.keep(keep)
+            if not batch.rows:
+                del self._batches[key]
+
+    def _prefill(self, seqs: list[_Seq]) -> None:
+        """Run the new prompts (left-padded together), sample their first tokens, merge them."""
+        groups: dict[str | None, list[_Seq]] = collections.defaultdict(list)
+        for seq in seqs:
+            groups[self._batch_key(seq)].append(seq)
+        for key, group in groups.items():
+            self._prefill_group(key, group)
+
+    def _prefill_group(self, key: str | None, seqs: list[_Seq]) -> None:
+        from transformers import DynamicCache
+
+        width = max(s.prompt_len for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            ids[i, width - seq.prompt_len:] = torch.tensor(seq.request.prompt_ids)
+            mask[i, width - seq.prompt_len:] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self._forward(ids, mask, positions, cache, [s.adapter for s in seqs])
+        self._counters["prefill_passes"] += 1
+        for layer in _layers(cache):
+            if type(layer).__name__ != "DynamicLayer":
+                raise NotImplementedError(f"the engine supports full-attention caches only "
+                                          f"(got {type(layer).__name__})")
+        for seq in seqs:
+            seq.length = seq.prompt_len
+        tokens = self._sample(logits, seqs)
+        now = time.perf_counter()
+        keep = []
+        for i, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
+            self.observer.first_token(seq.model_name, now - seq.submitted)
+            seq.last_token_at = now
+            if not self._advance(seq, token):
+                keep.append(i)
+        if not keep:
+            return
+        if len(keep) < len(seqs):
+            index = torch.tensor(keep, device=mask.device)
+            cache.batch_select_indices(index)
+            mask = mask[index]
+        batch = self._batches.setdefault(key, _Batch(key))
+        batch.merge(cache, mask, [seqs[i] for i in keep])
+
+    def _decode(self, batch: _Batch) -> None:
+        """One decode step for every row of the batch."""
+        rows = batch.rows
+        ids = torch.tensor([[s.pending] for s in rows], device=self.device)
+        positions = torch.tensor([[s.length] for s in rows], device=self.device)
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(rows), 1))], dim=1)
+        logits = self._forward(ids, batch.mask, positions, batch.cache, [s.adapter for s in rows])
+        self._counters["decode_steps"] += 1
+        self._counters["decoded_tokens"] += len(rows)
+        self._counters["peak_batch"] = max(self._counters["peak_batch"], len(rows))
+        for seq in rows:
+            seq.length += 1
+        tokens = self._sample(logits, rows)
+        now = time.perf_counter()
+        keep = []
+        for i, (seq, token) in enumerate(zip(rows, tokens, strict=True)):
+            self.observer.inter_token(seq.model_name, now - (seq.last_token_at or now))
+            seq.last_token_at = now
+            if not self._advance(seq, token):
+                keep.append(i)
+        batch.keep(keep)
+        if not batch.rows:
+            del self._batches[batch.key]
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                 cache: Any, adapters: list[str]) -> torch.Tensor:
+        """Logits of the last position of each row ([rows, vocab], float32)."""
+        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask,
+                                  "position_ids": positions, "past_key_values": cache,
+                                  "use_cache": True, "logits_to_keep": 1}
+        with self._adapters_for(adapters, kwargs):
+            out = self.model(**kwargs)
+        return out.logits[:, -1, :].float()
+
+    @contextlib.contextmanager
+    def _adapters_for(self, adapters: list[str], kwargs: dict[str, Any]):
+        """Select the rows' adapters: one for all rows (set/disable), or per row (mixed)."""
+        if not self.adapters:
+            yield
+            return
+        distinct = set(adapters)
+        if len(distinct) > 1:
+            kwargs["adapter_names"] = adapters
+            yield
+            return
+        (only,) = distinct
+        if only == BASE:
+            with self.model.disable_adapter():
+                yield
+            return
+        if self._active != only:
+            self.model.set_adapter(only, inference_mode=True)
+            self._active = only
+        yield
+
+    def _sample(self, logits: torch.Tensor, seqs: list[_Seq]) -> list[int]:
+        """The next token of each row: penalties, then greedy or temperature + top_p."""
+        for i, seq in enumerate(seqs):
+            p = seq.params
+            if p.repetition_penalty != 1.0:
+                seen = torch.tensor(sorted(set(seq.request.prompt_ids) | set(seq.generated)),
+                                    device=logits.device)
+                values = logits[i, seen]
+                logits[i, seen] = torch.where(values > 0, values / p.repetition_penalty,
+                                              values * p.repetition_penalty)
+            if (p.presence_penalty or p.frequency_penalty) and seq.generated:
+                counts = torch.bincount(torch.tensor(seq.generated, device=logits.device),
+                                        minlength=logits.shape[1]).to(logits.dtype)
+                logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+        tokens = logits.argmax(dim=-1).tolist()
+        for i, seq in enumerate(seqs):
+            p = seq.params
+            if p.temperature <= 0:
+                continue
+            probs = torch.softmax(logits[i] / p.temperature, dim=-1)
+            if p.top_p < 1.0:
+                sorted_probs, order = probs.sort(descending=True)
+                outside = sorted_probs.cumsum(0) - sorted_probs > p.top_p  # keeps the first
+                sorted_probs[outside] = 0.0
+                choice = torch.multinomial(sorted_probs, 1, generator=seq.generator)
+                tokens[i] = int(order[choice])
+            else:
+                tokens[i] = int(torch.multinomial(probs, 1, generator=seq.generator))
+        return tokens
+
+    def _advance(self, seq: _Seq, token: int) -> bool:
+        """Record a sampled token, emit the text that is safe to send; True if it finished."""
+        seq.generated.append(token)
+        seq.pending = token
+        p = seq.params
+        reason: FinishReason | None = None
+        if token in self.eos_ids and not p.ignore_eos:
+            reason = "stop"
+        text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        if p.stop:
+            start = max(0, len(seq.text) - max(len(s) for s in p.stop) + 1)
+            found = [i for s in p.stop if (i := text.find(s, start)) >= 0]
+            if found:
+                text, reason = text[:min(found)], "stop"
+        if reason is None and (len(seq.generated) >= p.max_tokens
+                               or seq.prompt_len + len(seq.generated) >= self.max_model_len):
+            reason = "length"
+        seq.text = text
+        if reason is not None:
+            self._emit(seq, text[seq.sent_chars:], reason)
+            return True
+        safe = len(text) - _held_back(text, p.stop)
+        while safe > seq.sent_chars and text[safe - 1] == "\ufffd":  # an unfinished character
+            safe -= 1
+        if safe > seq.sent_chars:
+            self._emit(seq, text[seq.sent_chars:safe], None)
+        return False
+
+    def _emit(self, seq: _Seq, text: str, reason: FinishReason | None,
+              error: str | None = None) -> None:
+        tokens = seq.generated[seq.sent_tokens:]
+        seq.sent_chars += len(text)
+        seq.sent_tokens = len(seq.generated)
+        delta = Delta(seq.id, text, tokens, reason)
+        if reason is not None:
+            seq.finish = reason
+            delta.prompt_tokens, delta.completion_tokens = seq.prompt_len, len(seq.generated)
+            delta.error = error
+            with self._cv:
+                self._running_ids.discard(seq.id)
+            self._counters[f"finished_{reason}"] += 1
+            self.observer.finished(seq.model_name, reason, time.perf_counter() - seq.submitted,
+                                   seq.prompt_len, len(seq.generated))
+        if not seq.sink.put(delta) and reason is None:
+            self.cancel(seq.id)  # nobody listens any more
+
+    def _finish_now(self, seq: _Seq, reason: FinishReason, error: str | None = None) -> None:
+        """Finish a request outside of sampling (cancelled, failed, shut down)."""
+        if seq.finish is None:
+            self._emit(seq, "", reason, error)
+
+    def _fail_all(self, error: str) -> None:
+        for batch in self._batches.values():
+            for seq in batch.rows:
+                self._finish_now(seq, "error", error)
+        self._batches.clear()
+        self._counters["failed_steps"] += 1
+
+    def _shutdown(self) -> None:
+        for batch in self._batches.values():
+            for seq in batch.rows:
+                self._finish_now(seq, "cancelled")
+        self._batches.clear()
+        with self._cv:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+            for command in self._commands:  # wake callers of add_adapter
+                with contextlib.suppress(Exception):
+                    command()
+            self._commands = []
+        for seq in waiting:
+            self._finish_now(seq, "cancelled")
+
+    def _report_load(self) -> None:
+        with self._cv:
+            running, waiting = self._running_count(), len(self._waiting)
+        self.observer.load(running, waiting)
+
+    # -- adapters --
+
+    def _base_model(self) -> Any:
+        model = self.model
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def _load_adapter(self, name: str, path: str) -> None:
+        if not name or name == BASE:
+            raise InvalidRequest(f"invalid adapter name {name!r}", "name")
+        if name in self.adapters:
+            raise InvalidRequest(f"an adapter named {name!r} is already loaded", "name")
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name,
+                                                   is_trainable=False)
+        moved = self.model.to(device=self.device, dtype=self.dtype) if self.dtype else \
+            self.model.to(self.device)
+        self.model = moved.eval()
+        self.adapters[name] = str(path)
+        self._active = None
+        log.info("adapter %s loaded from %s", name, path)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        eos = getattr(source, "eos_token_id", None)
+        if eos is not None:
+            ids.update(eos if isinstance(eos, list) else [eos])
+    if not ids and tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+

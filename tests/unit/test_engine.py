@@ -1,0 +1,278 @@
+"""The continuous-batching engine (bentos/engine.py) on a tiny random Llama built here.
+
+Greedy output of requests decoded together must equal `model.generate` run one at a time; a
+request may join a running batch; LoRA adapters mix in one batch; cancelling frees the slot;
+the KV budget and the queue bound admission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.unit
+
+BENTOS = Path(__file__).resolve().parents[2] / "bentos"
+SPEC = importlib.util.spec_from_file_location("tuneship_engine", BENTOS / "engine.py")
+engine_mod = importlib.util.module_from_spec(SPEC)
+sys.modules[SPEC.name] = engine_mod  # dataclasses resolve annotations through sys.modules
+SPEC.loader.exec_module(engine_mod)
+Engine, Request, SamplingParams = engine_mod.Engine, engine_mod.Request, engine_mod.SamplingParams
+
+TEXT = """First Citizen: Before we proceed any further, hear me speak.
+All: Speak, speak. First Citizen: You are all resolved rather to die than to famish?
+All: Resolved. resolved. First Citizen: First, you know Caius Marcius is chief enemy to the people.
+All: We know't, we know't. First Citizen: Let us kill him, and we'll have corn at our own price.
+Second Citizen: One word, good citizens. First Citizen: We are accounted poor citizens.
+MENENIUS: What work's, my countrymen, in hand? where go you with bats and clubs?"""
+PROMPTS = ["First Citizen:", "All: Speak", "MENENIUS: What work's, my countrymen", "We",
+           "Second Citizen: One word, good citizens. First"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(TEXT.splitlines(), trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
+
+
+def tiny_llama(tokenizer, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=256, tie_word_embeddings=True,
+                         initializer_range=0.3, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return tiny_llama(tokenizer)
+
+
+def ids(tokenizer, prompt: str) -> list[int]:
+    return tokenizer(prompt)["input_ids"]
+
+
+def reference(model, tokenizer, prompt: str, max_tokens: int, **kwargs) -> str:
+    """`model.generate` alone on one prompt, greedy."""
+    x = torch.tensor([ids(tokenizer, prompt)])
+    with torch.inference_mode():
+        out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
+                             max_new_tokens=max_tokens, pad_token_id=tokenizer.pad_token_id,
+                             **kwargs)
+    return tokenizer.decode(out[0, x.shape[1]:], skip_special_tokens=True)
+
+
+def greedy(tokenizer, prompt: str, max_tokens: int, **kwargs):
+    return Request(ids(tokenizer, prompt), SamplingParams(max_tokens=max_tokens, **kwargs))
+
+
+async def collect_all(engine, requests):
+    streams = [engine.submit(r) for r in requests]
+    return await asyncio.gather(*(s.collect() for s in streams))
+
+
+def test_batched_greedy_equals_generate_one_at_a_time(model, tokenizer):
+    with Engine(model, tokenizer, max_batch=8) as engine:
+        results = asyncio.run(collect_all(engine, [greedy(tokenizer, p, 24) for p in PROMPTS]))
+        assert engine.stats()["peak_batch"] == len(PROMPTS)  # decoded together
+    for prompt, result in zip(PROMPTS, results, strict=True):
+        assert result.text == reference(model, tokenizer, prompt, 24), prompt
+        assert result.prompt_tokens == len(ids(tokenizer, prompt))
+        assert 1 <= result.completion_tokens <= 24
+        assert result.finish_reason == ("length" if result.completion_tokens == 24 else "stop")
+
+
+def test_a_request_joins_a_running_batch(model, tokenizer):
+    long_prompt, late_prompt = PROMPTS[0], PROMPTS[2]
+
+    async def scenario(engine):
+        first = engine.submit(greedy(tokenizer, long_prompt, 120, ignore_eos=True))
+        seen = []
+        async for delta in first:
+            seen.append(delta)
+            if len([t for d in seen for t in d.token_ids]) >= 10:
+                break
+        late = engine.submit(greedy(tokenizer, late_prompt, 20))
+        late_result = await late.collect()
+        rest = [d async for d in first]
+        return engine_mod._collect(seen + rest), late_result
+
+    with Engine(model, tokenizer) as engine:
+        first, late = asyncio.run(scenario(engine))
+        stats = engine.stats()
+    assert first.completion_tokens == 120 and first.finish_reason == "length"
+    assert first.text == reference(model, tokenizer, long_prompt, 120, min_new_tokens=120)
+    assert late.text == reference(model, tokenizer, late_prompt, 20)
+    assert stats["peak_batch"] == 2
+    assert stats["decode_steps"] < 120 + late.completion_tokens  # steps were shared
+
+
+def test_streamed_deltas_hold_back_a_stop_string_and_cut_before_it(model, tokenizer):
+    full = reference(model, tokenizer, PROMPTS[1], 30)
+    stop = full[len(full) // 2:][:3]
+    assert len(stop) == 3 and stop.strip(), full
+
+    async def run(engine):
+        stream = engine.submit(greedy(tokenizer, PROMPTS[1], 30, stop=(stop, "@@never@@")))
+        return [d async for d in stream]
+
+    with Engine(model, tokenizer) as engine:
+        deltas = asyncio.run(run(engine))
+    text = "".join(d.text for d in deltas)
+    assert text == full[:full.find(stop)]
+    assert deltas[-1].finish_reason == "stop"
+    assert all(stop not in d.text for d in deltas)
+
+
+def test_seeded_sampling_repeats_and_differs_by_seed(model, tokenizer):
+    def sample(seed):
+        return Request(ids(tokenizer, PROMPTS[0]), SamplingParams(
+            max_tokens=20, temperature=1.5, top_p=0.95, seed=seed, ignore_eos=True))
+
+    with Engine(model, tokenizer) as engine:
+        a, b, c = asyncio.run(collect_all(engine, [sample(1), sample(1), sample(2)]))
+        alone = engine.generate(sample(1), timeout=60)
+    assert a.text == b.text == alone.text  # batched or alone, the seed decides
+    assert a.text != c.text
+
+
+def test_mixed_adapters_in_one_batch_equal_each_alone(model, tokenizer, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    folders = {}
+    for n, name in enumerate(["poet", "clerk"]):
+        base = tiny_llama(tokenizer)
+        torch.manual_seed(100 + n)  # after building the base: its own seed is fixed
+        peft = get_peft_model(base, LoraConfig(
+            r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+            init_lora_weights=False))
+        peft.save_pretrained(tmp_path / name)
+        folders[name] = str(tmp_path / name)
+
+    def alone(adapter, prompt):
+        if adapter is None:
+            return reference(model, tokenizer, prompt, 16)
+        peft = PeftModel.from_pretrained(tiny_llama(tokenizer), folders[adapter]).eval()
+        return reference(peft, tokenizer, prompt, 16)
+
+    cases = [("poet", PROMPTS[0]), ("clerk", PROMPTS[0]), (None, PROMPTS[0]),
+             ("poet", PROMPTS[2]), ("clerk", PROMPTS[3])]
+    expected = [alone(a, p) for a, p in cases]
+    assert len({expected[0], expected[1], expected[2]}) == 3  # the adapters change the text
+    for mode in ("mixed", "grouped"):
+        with Engine(tiny_llama(tokenizer), tokenizer, adapters=folders,
+                    adapter_mode=mode) as engine:
+            requests = [Request(ids(tokenizer, p), SamplingParams(max_tokens=16), adapter=a)
+                        for a, p in cases]
+            results = asyncio.run(collect_all(engine, requests))
+            assert engine.stats()["peak_batch"] == (len(cases) if mode == "mixed" else 2)
+            assert [r.text for r in results] == expected, mode
+            # each alone through the engine (the single-adapter path, no per-row hooks)
+            for (adapter, prompt), want in zip(cases, expected, strict=True):
+                single = Request(ids(tokenizer, prompt), SamplingParams(max_tokens=16),
+                                 adapter=adapter)
+                assert engine.generate(single, timeout=60).text == want
+
+
+def test_add_adapter_at_run_time_and_unknown_adapter(model, tokenizer, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_llama(tokenizer)
+    torch.manual_seed(7)
+    peft = get_peft_model(base, LoraConfig(
+        r=2, target_modules=["q_proj"], init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "late")
+    with Engine(tiny_llama(tokenizer), tokenizer) as engine:
+        base = engine.generate(greedy(tokenizer, PROMPTS[0], 8), timeout=60)
+        with pytest.raises(engine_mod.UnknownAdapter, match="late"):
+            engine.generate(Request(ids(tokenizer, PROMPTS[0]), adapter="late"))
+        engine.add_adapter("late", str(tmp_path / "late"))
+        assert engine.stats()["adapters"] == ["late"]
+        again = engine.generate(greedy(tokenizer, PROMPTS[0], 8), timeout=60)
+        tuned = engine.generate(Request(ids(tokenizer, PROMPTS[0]),
+                                        SamplingParams(max_tokens=8), adapter="late"), timeout=60)
+    assert again.text == base.text  # the base model is unchanged by loading an adapter
+    assert tuned.completion_tokens >= 1
+
+
+def test_cancel_frees_the_slot_at_the_next_step(model, tokenizer):
+    async def scenario(engine):
+        stream = engine.submit(greedy(tokenizer, PROMPTS[0], 200, ignore_eos=True))
+        first = await stream.__anext__()
+        stream.cancel()
+        deadline = time.monotonic() + 10
+        while engine.stats()["running"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return first, engine.stats()
+
+    with Engine(model, tokenizer, max_batch=1) as engine:
+        first, stats = asyncio.run(scenario(engine))
+        assert stats["running"] == 0 and stats["finished_cancelled"] == 1
+        assert first.token_ids and stats.get("finished_length", 0) == 0
+        # the only place is free again
+        assert engine.generate(greedy(tokenizer, PROMPTS[1], 3), timeout=30).completion_tokens
+
+
+def test_kv_budget_makes_requests_wait_and_the_queue_is_bounded(model, tokenizer):
+    prompt = ids(tokenizer, PROMPTS[0])
+    reserved = len(prompt) + 40
+    started: dict[str, float] = {}
+    finished: dict[str, float] = {}
+
+    async def scenario(engine):
+        def submit(name):
+            return engine.submit(Request(prompt, SamplingParams(max_tokens=40, ignore_eos=True),
+                                         request_id=name))
+
+        streams = [submit("a")]
+        while not engine.stats()["running"]:
+            await asyncio.sleep(0.001)
+        streams.append(submit("b"))
+        waiting = engine.stats()["waiting"]
+        with pytest.raises(engine_mod.EngineFull, match="busy"):
+            engine.submit(Request(prompt, SamplingParams(max_tokens=40)))
+
+        async def read(stream):
+            async for delta in stream:
+                started.setdefault(stream.request_id, time.perf_counter())
+                if delta.finish_reason:
+                    finished[stream.request_id] = time.perf_counter()
+
+        await asyncio.gather(*(read(s) for s in streams))
+        return waiting
+
+    # room for one row of `reserved` tokens, not two; one more may wait, a third is refused
+    with Engine(model, tokenizer, kv_budget_tokens=reserved * 2 - 1, max_queue=1) as engine:
+        waiting = asyncio.run(scenario(engine))
+        stats = engine.stats()
+    assert waiting == 1
+    assert stats["peak_batch"] == 1
+    assert started["b"] >= finished["a"]  # b waited for a's place
+    with Engine(model, tokenizer, kv_budget_tokens=reserved - 1) as engine, \
+            pytest.raises(engine_mod.InvalidRequest, match="KV-cache"):
+        engine.generate(Request(prompt, SamplingParams(max_tokens=40)))
+
+
+def test_context_overflow_names_both_numbers(model, tokenizer):
+    with Engine(model, tokenizer) as engine, pytest.raises(engine_mod.InvalidRequest) as err:
+        engine.generate(Request(list(range(1, 201)), SamplingParams(max_tokens=100)))
+    message = str(err.value)
+    assert "200" in message and "100" in message and "256" in message
