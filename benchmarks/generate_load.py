@@ -205,13 +205,15 @@ def main(argv: list[str] | None = None) -> None:
 #   BENTOML_HOME=bentoml_home .venv/bin/python benchmarks/generate_load.py --api openai \
 #       --model tuneship-smoke_lm --concurrency 1 4 16 32 --duration 20
 #
-# Each variant alone on a free loopback port, in this order: the bento (bentos/engine.py,
-# continuous batching), the same bento with TUNESHIP_LLM_MAX_BATCH=1 (one request decoded at a
-# time: what the service did before the engine), and `transformers serve --continuous-batching
-# --attn-implementation sdpa` on the same weights. Closed-loop AsyncOpenAI clients stream
-# `completions.create(max_tokens=--max-new-tokens, temperature=0)`; per level: output tokens/s
-# (usage when the server sends it, else one token per non-empty chunk), time to the first
-# text p50/p99, inter-chunk gap p50, errors by kind, and the peak RSS of the server's tree.
+# Three servers on free loopback ports, started together and driven one at a time, the variants
+# taking turns at each concurrency (so a change in the machine's load hits all of them): the
+# bento (bentos/engine.py, continuous batching), the same bento with TUNESHIP_LLM_MAX_BATCH=1 (one
+# request decoded at a time: what the service did before the engine), and `transformers serve
+# --continuous-batching --attn-implementation sdpa` on the same weights. Closed-loop AsyncOpenAI
+# clients stream `completions.create(max_tokens=--max-new-tokens, temperature=0)`; per level:
+# output tokens/s (usage when the server sends it, else one token per non-empty chunk), time to
+# the first text p50/p99, inter-chunk gap p50, errors by kind, and the peak RSS of the server's
+# process tree.
 
 VARIANTS = ("tuneship", "one-at-a-time", "transformers-serve")
 
@@ -357,23 +359,28 @@ def openai_main(args: argparse.Namespace) -> None:
     (hf_home / "hub").mkdir()  # transformers serve answers 500 without a hub cache folder
     levels: list[StreamLevel] = []
     starts: dict[str, float] = {}
-    for variant in args.variants:
-        port = free_port()
-        cmd, env = variant_command(variant, bento, port, folder)
-        env = {**env, "HF_HOME": str(hf_home)}
-        log = args.log.with_name(f"openai-{variant}.log")
-        model = str(folder) if variant == "transformers-serve" else args.model
-        ready = "/health" if variant == "transformers-serve" else "/readyz"
-        print(f"-- {variant}: starting (log {log})", flush=True)
-        with serving(cmd, env, port, log, ready, args.ready_timeout) as (url, proc, ready_s):
-            starts[variant] = ready_s
+    with contextlib.ExitStack() as servers:  # all up at once; levels interleave the variants
+        up = {}
+        for variant in args.variants:
+            port = free_port()
+            cmd, env = variant_command(variant, bento, port, folder)
+            log = args.log.with_name(f"openai-{variant}.log")
+            print(f"-- {variant}: starting (log {log})", flush=True)
+            url, proc, starts[variant] = servers.enter_context(serving(
+                cmd, {**env, "HF_HOME": str(hf_home)}, port, log,
+                "/health" if variant == "transformers-serve" else "/readyz", args.ready_timeout))
+            up[variant] = (url, proc, str(folder) if variant == "transformers-serve"
+                           else args.model)
+        for variant, (url, proc, model) in up.items():  # transformers' CB sets up on first use
             asyncio.run(drive_openai(url, model, prompts, variant, 4, 5, args.max_new_tokens,
-                                     proc.pid))  # warm-up (transformers' CB sets up on first use)
-            for concurrency in args.concurrency:
+                                     proc.pid))
+        for concurrency in args.concurrency:
+            for variant, (url, proc, model) in up.items():
                 levels.append(asyncio.run(drive_openai(url, model, prompts, variant, concurrency,
                                                        args.duration, args.max_new_tokens,
                                                        proc.pid)))
-                print(f"   c={concurrency:<3} done", flush=True)
+            print(f"   c={concurrency:<3} done", flush=True)
+    levels.sort(key=lambda lv: args.variants.index(lv.variant))
     rows = openai_rows(levels)
     print(f"\n{bento}, /v1/completions streamed, greedy, max_tokens {args.max_new_tokens}, "
           f"{args.duration:.0f} s per level, {os.cpu_count()} CPUs, load average "

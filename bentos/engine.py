@@ -391,6 +391,7 @@ class Engine:
         self._commands: list[Callable[[], None]] = []
         self._batches: dict[str | None, _Batch] = {}
         self._running_ids: set[str] = set()
+        self._prefilling: list[_Seq] = []
         self._stopped = False
         self._counters = collections.Counter()
         for name, path in (adapters or {}).items():
@@ -520,7 +521,8 @@ class Engine:
         self._report_load()
 
     def _running_count(self) -> int:
-        return sum(len(b.rows) for b in list(self._batches.values()))
+        """Admitted and not finished (in a batch, or in its prefill)."""
+        return len(self._running_ids)
 
     def _kv_bound(self) -> int:
         """The most KV tokens the running batches can reach (rows x longest possible row)."""
@@ -532,9 +534,13 @@ class Engine:
     def _plan(self, queued: list[_Seq], prefill_limit: bool) -> int:
         """How many of `queued` (in order) fit now: rows, KV budget (and prefill size)."""
         batches = list(self._batches.items())
-        rows = max(sum(len(b.rows) for _, b in batches), len(self._running_ids))  # + in prefill
+        rows = self._running_count()
         longest = {k: b.longest_reserved for k, b in batches}
         counts = {k: len(b.rows) for k, b in batches}
+        for seq in self._prefilling:  # admitted, not merged yet
+            key = self._batch_key(seq)
+            longest[key] = max(longest.get(key, 0), seq.reserved)
+            counts[key] = counts.get(key, 0) + 1
         longest_prompt, taken = 0, 0
         for seq in queued:
             if rows + taken >= self.max_batch:
@@ -560,6 +566,7 @@ class Engine:
             admitted = [self._waiting.popleft()
                         for _ in range(self._plan(list(self._waiting), prefill_limit=True))]
             self._running_ids.update(seq.id for seq in admitted)
+            self._prefilling = admitted
         return admitted
 
     # -- the loop (engine thread) --
@@ -579,16 +586,21 @@ class Engine:
                     cancelled, self._cancelled = self._cancelled, set()
                 for command in commands:
                     command()
+                admitted: list[_Seq] = []
                 try:
                     self._drop(cancelled)
                     admitted = self._admit()
                     if admitted:
                         self._prefill(admitted)
+                        with self._cv:
+                            self._prefilling = []
                     for batch in list(self._batches.values()):
                         self._decode(batch)
                 except Exception as err:  # a failed forward: fail what runs, keep serving
                     log.exception("engine step failed")
-                    self._fail_all(f"{type(err).__name__}: {err}")
+                    self._fail_all(f"{type(err).__name__}: {err}", admitted)
+                    with self._cv:
+                        self._prefilling = []
                 self._report_load()
         self._shutdown()
 
@@ -811,10 +823,10 @@ class Engine:
         if seq.finish is None:
             self._emit(seq, "", reason, error)
 
-    def _fail_all(self, error: str) -> None:
-        for batch in self._batches.values():
-            for seq in batch.rows:
-                self._finish_now(seq, "error", error)
+    def _fail_all(self, error: str, admitted: list[_Seq]) -> None:
+        rows = [seq for batch in self._batches.values() for seq in batch.rows]
+        for seq in [*rows, *admitted]:  # admitted: those whose prefill failed
+            self._finish_now(seq, "error", error)
         self._batches.clear()
         self._counters["failed_steps"] += 1
 

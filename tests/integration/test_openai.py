@@ -277,6 +277,14 @@ def test_chat_bad_parameters(client):
         client.chat.completions.create(model=LM_NAME, messages=[])
 
 
+def test_an_oversized_body_is_413_in_openai_shape(client):
+    with pytest.raises(openai.APIStatusError) as err:
+        client.completions.create(model=LM_NAME, prompt="a" * 1_100_000, max_tokens=2)
+    assert err.value.status_code == 413
+    assert "request body too large" in err.value.message
+    assert err.value.body["type"] == "invalid_request_error"
+
+
 def test_unknown_model_is_not_found(client):
     with pytest.raises(openai.NotFoundError) as err:
         client.completions.create(model="gpt-4o", prompt=PROMPT, max_tokens=2)

@@ -276,3 +276,36 @@ def test_context_overflow_names_both_numbers(model, tokenizer):
         engine.generate(Request(list(range(1, 201)), SamplingParams(max_tokens=100)))
     message = str(err.value)
     assert "200" in message and "100" in message and "256" in message
+
+
+def test_a_failed_forward_fails_its_requests_and_the_engine_keeps_serving(model, tokenizer):
+    with Engine(model, tokenizer) as engine:
+        forward = engine._forward
+
+        def broken(*args, **kwargs):
+            engine._forward = forward  # only once
+            raise RuntimeError("out of memory (simulated)")
+
+        engine._forward = broken
+        failed = engine.generate(greedy(tokenizer, PROMPTS[0], 8), timeout=30)
+        assert failed.finish_reason == "error" and "simulated" in failed.error
+        assert engine.generate(greedy(tokenizer, PROMPTS[0], 8), timeout=30).finish_reason in (
+            "stop", "length")
+        assert engine.stats()["running"] == 0
+
+
+def test_cancelling_a_waiting_request_drops_it_before_it_runs(model, tokenizer):
+    async def scenario(engine):
+        running = engine.submit(greedy(tokenizer, PROMPTS[0], 60, ignore_eos=True))
+        while not engine.stats()["running"]:
+            await asyncio.sleep(0.001)
+        queued = engine.submit(greedy(tokenizer, PROMPTS[1], 60))
+        assert engine.stats()["waiting"] == 1
+        queued.cancel()
+        assert engine.stats()["waiting"] == 0
+        return await running.collect()
+
+    with Engine(model, tokenizer, max_batch=1) as engine:
+        result = asyncio.run(scenario(engine))
+        assert result.completion_tokens == 60
+        assert engine.stats()["finished_cancelled"] == 1
