@@ -343,8 +343,11 @@ async def drive_openai(url: str, model: str, prompts: list[str], variant: str, c
 def variant_command(variant: str, bento: str, port: int, folder: Path) -> tuple[list[str], dict]:
     if variant == "transformers-serve":
         exe = str(Path(sys.executable).with_name("transformers"))
+        # The same KV room as the engine's default budget (32 blocks of 256 = 8192 tokens):
+        # left to size itself on a CPU, its cache took 14 GiB of RSS.
         return [exe, "serve", str(folder), "--continuous-batching", "--attn-implementation",
-                "sdpa", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
+                "sdpa", "--device", "cpu", "--cb-block-size", "256", "--cb-num-blocks", "32",
+                "--cb-max-batch-tokens", "2048", "--host", "127.0.0.1", "--port", str(port),
                 "--log-level", "warning"], {}
     env = {"TUNESHIP_LLM_MAX_BATCH": "1"} if variant == "one-at-a-time" else {}
     return bento_command(bento, port), env
