@@ -252,16 +252,23 @@ def _busy(err: EngineFull) -> JSONResponse:
                         headers={"retry-after": str(err.retry_after_s)})
 
 
-async def generate_endpoint(request: HTTPRequest) -> Response:
-    """`POST /generate`: the whole text, why it ended, token counts, which model answered."""
+async def _submitted(request: HTTPRequest):
+    """The request's generation submitted to the engine, or the 4xx/503 answer instead."""
     prepared = await _generate_job(request)
     if isinstance(prepared, Response):
         return prepared
     service, job = prepared
     try:
-        stream = service.engine.submit(job)
+        return service.engine.submit(job)
     except EngineFull as err:
         return _busy(err)
+
+
+async def generate_endpoint(request: HTTPRequest) -> Response:
+    """`POST /generate`: the whole text, why it ended, token counts, which model answered."""
+    stream = await _submitted(request)
+    if isinstance(stream, Response):
+        return stream
     watcher = asyncio.create_task(openai_api.cancel_on_disconnect(request, [stream]))
     try:
         result = await stream.collect()
@@ -282,14 +289,9 @@ async def generate_endpoint(request: HTTPRequest) -> Response:
 
 async def generate_stream_endpoint(request: HTTPRequest) -> Response:
     """`POST /generate_stream`: the same text as plain text, sent as it is produced."""
-    prepared = await _generate_job(request)
-    if isinstance(prepared, Response):
-        return prepared
-    service, job = prepared
-    try:
-        stream = service.engine.submit(job)
-    except EngineFull as err:
-        return _busy(err)
+    stream = await _submitted(request)
+    if isinstance(stream, Response):
+        return stream
 
     async def pieces() -> AsyncIterator[str]:
         try:
