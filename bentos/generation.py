@@ -12,19 +12,16 @@ name a LoRA adapter.
 - `GET /model` (served models, versions, metrics, lineage, engine limits and load), `/healthz`,
   `/readyz`, `/metrics` (BentoML's plus the `tuneship_llm_*` series named like vLLM's).
 
-The base model is the BentoML store model the bento names (`stored_card`,
-`metadata["transformers"]`); LoRA adapters come from TUNESHIP_LLM_ADAPTERS (`name=folder` or
-`name=bento-model-tag`, comma-separated) and, at run time, `Engine.add_adapter`. The same guards
-as `/classify` (guards.py: API key, JSON only, body limit; OpenAI-shaped errors on /v1).
-Engine settings (environment; a bento argument of the same name wins once ServeArgs has it):
-
-| Variable | Default | Effect |
-|---|---|---|
-| TUNESHIP_LLM_KV_BUDGET | 8192 (CPU), 65536 (GPU) | KV tokens the batch may reach (rows x longest) |
-| TUNESHIP_LLM_MAX_BATCH | 32 (CPU), 64 (GPU) | requests decoded together |
-| TUNESHIP_LLM_MAX_QUEUE | 64 | requests waiting; beyond: 429 (/v1) or 503 (/generate) + Retry-After |
-| TUNESHIP_LLM_ADAPTERS | none | LoRA adapters to serve |
-| TUNESHIP_LLM_DTYPE | the registered dtype (CPU), bfloat16 (GPU) | weights and activations |
+The bento names one base model (`model_tag`) and the LoRA adapters of it that `make bento`
+resolved from the registry (`llm_adapters`, `llm_aliases`; follow.py gives their served ids:
+`name`, `name@alias`, `name/version`). With a reachable registry the service follows the same
+references at run time (`POST /admin/reload` with the API key, or every `llm_registry_poll_s`
+seconds). TUNESHIP_LLM_ADAPTERS (`name=folder` or `name=bento-model-tag`, comma-separated) adds
+local adapters. The same guards as `/classify` (guards.py: API key, JSON only, body limit;
+OpenAI-shaped errors on /v1). Engine settings are the `llm_*` bento arguments (conf/serve/); a
+TUNESHIP_LLM_<NAME> environment variable overrides one at serve time (tests, benchmarks):
+KV_BUDGET, MAX_BATCH, MAX_QUEUE, ADAPTER_MODE, REGISTRY_POLL_S, DTYPE (default: the registered
+dtype on CPU, bfloat16 on a GPU).
 """
 
 from __future__ import annotations
@@ -40,6 +37,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
+import follow
 import openai_api
 from common import ModelRef, device, load_args, stored_card, torch_threads
 from engine import Engine, EngineFull, InvalidRequest, Observer, Request, SamplingParams
@@ -120,12 +118,17 @@ class Metrics(Observer):
 
 
 def setting(name: str, default: Any, cast: type = int) -> Any:
-    """A bento argument (once ServeArgs has it), else TUNESHIP_LLM_<NAME>, else `default`."""
+    """TUNESHIP_LLM_<NAME> (serve time), else the bento argument `llm_<name>`, else `default`."""
     env = os.environ.get(f"TUNESHIP_LLM_{name.upper()}")
     if env:
         return cast(env)
     value = getattr(ARGS, f"llm_{name}", None)
     return default if value is None else value
+
+
+def registry_uri() -> str | None:
+    """Where the service follows the registry: MLFLOW_TRACKING_URI, else the bento's."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or ARGS.llm_registry_uri
 
 
 def adapter_sources(spec: str) -> dict[str, str]:
@@ -195,18 +198,37 @@ class GenerateResponse(BaseModel):
 
 
 @functools.cache
-def model_card() -> dict[str, Any]:
-    """What `GET /model` shows: the served version, its metrics, lineage and generation limits."""
+def base_card() -> dict[str, Any]:
+    """The served base model: registry version, metrics, lineage, context length."""
     stored = bentoml.models.get(MODEL_TAG)
     meta = stored.info.metadata
     config = json.loads(Path(stored.path_of(meta["transformers"]["model"]), "config.json")
                         .read_text())
-    defaults = meta.get("generation", {})
-    return {**stored_card(MODEL_TAG, ARGS.alias),
-            "generation": {"defaults": defaults, "max_new_tokens": ARGS.max_new_tokens,
-                           "max_prompt_chars": ARGS.max_prompt_chars, "max_stop": ARGS.max_stop,
-                           "context_tokens": config.get("max_position_embeddings"),
-                           "chat_template": bool(meta.get("prompt_template"))}}
+    return {**stored_card(MODEL_TAG, ARGS.alias), "sha256": meta.get("sha256"),
+            "context_tokens": config.get("max_position_embeddings")}
+
+
+@functools.cache
+def primary() -> tuple[str | None, dict[str, Any]]:
+    """The adapter `/generate` serves (the one holding the served alias) and the metadata whose
+    generation defaults and prompt template apply: its own, else the base's (a merged model)."""
+    for ref, key in sorted(ARGS.llm_aliases.items()):
+        if ref.rpartition("@")[2] == ARGS.alias and key in ARGS.llm_adapters:
+            return key, bentoml.models.get(ARGS.llm_adapters[key]).info.metadata
+    return None, bentoml.models.get(MODEL_TAG).info.metadata
+
+
+def model_card() -> dict[str, Any]:
+    """What `GET /model` shows first: the model `/generate` answers with, and the limits."""
+    key, meta = primary()
+    card = base_card()
+    if key is not None:
+        card = {**stored_card(ARGS.llm_adapters[key], ARGS.alias), "base": card}
+    return {**card, "generation": {
+        "defaults": meta.get("generation", {}), "max_new_tokens": ARGS.max_new_tokens,
+        "max_prompt_chars": ARGS.max_prompt_chars, "max_stop": ARGS.max_stop,
+        "context_tokens": base_card()["context_tokens"],
+        "chat_template": bool(meta.get("prompt_template"))}}
 
 
 def _service(request: HTTPRequest) -> TuneshipLM:
@@ -222,7 +244,8 @@ async def model_endpoint(request: HTTPRequest) -> JSONResponse:
     if service is not None:
         served = service.served
         card["served"] = {"models": [served.card(m) for m in served.model_ids()],
-                          "adapters": dict(service.engine.adapters),
+                          "registered": dict(service.follower.cards),
+                          "skipped": dict(service.follower.skipped),
                           "engine": service.engine.stats()}
     return JSONResponse(card)
 
@@ -304,8 +327,25 @@ async def generate_stream_endpoint(request: HTTPRequest) -> Response:
     return StreamingResponse(pieces(), media_type="text/plain; charset=utf-8")
 
 
+async def reload_endpoint(request: HTTPRequest) -> Response:
+    """`POST /admin/reload`: follow the registry now (new adapter versions, moved aliases).
+
+    Only with an API key configured (the guard checks it): it starts downloads and loads."""
+    if not os.environ.get("TUNESHIP_API_KEY"):
+        return JSONResponse({"error": "admin routes are off: start the service with "
+                                      "TUNESHIP_API_KEY set and send that key"}, status_code=403)
+    service = getattr(request.app.state, "service", None)
+    if service is None:
+        return JSONResponse({"error": "the model is not loaded yet"}, status_code=503)
+    try:
+        return JSONResponse(await asyncio.to_thread(service.follower.reload))
+    except RuntimeError as err:
+        return JSONResponse({"error": str(err)}, status_code=409)
+
+
 routes = Starlette(routes=[
     Route("/model", model_endpoint, methods=["GET"]),
+    Route("/admin/reload", reload_endpoint, methods=["POST"]),
     Route("/generate", generate_endpoint, methods=["POST"]),
     Route("/generate_stream", generate_stream_endpoint, methods=["POST"]),
 ])
@@ -326,22 +366,24 @@ class TuneshipLM:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         stored = self.bento_model
-        meta = stored.info.metadata
-        files = meta["transformers"]
+        files = stored.info.metadata["transformers"]
         self.device = device()
         gpu = self.device == "cuda"
-        dtype_name = os.environ.get("TUNESHIP_LLM_DTYPE") or (
-            "bfloat16" if gpu else files["torch_dtype"])
+        dtype_name = setting("dtype", "", str) or ("bfloat16" if gpu else files["torch_dtype"])
         dtype = getattr(torch, dtype_name)
         self.tokenizer = AutoTokenizer.from_pretrained(stored.path_of(files["tokenizer"]))
         model = AutoModelForCausalLM.from_pretrained(
             stored.path_of(files["model"]), dtype=dtype, use_safetensors=True)
         self.context = getattr(model.config, "max_position_embeddings", None) or 2048
+        key, meta = primary()
+        self.adapter = None if key is None else follow.engine_name(key)
         self.template: str | None = meta.get("prompt_template")
         self.defaults = meta.get("generation", {})
-        card = model_card()
-        adapters = {name: adapter_folder(where) for name, where in
-                    adapter_sources(setting("adapters", "", str)).items()}
+        base = base_card()
+        local = adapter_sources(os.environ.get("TUNESHIP_LLM_ADAPTERS", ""))
+        adapters = {name: adapter_folder(where) for name, where in local.items()}
+        adapters |= {follow.engine_name(k): adapter_folder(tag)
+                     for k, tag in ARGS.llm_adapters.items()}
         self.engine = Engine(
             model, self.tokenizer, adapters, device=self.device, dtype=dtype,
             kv_budget_tokens=setting("kv_budget", 65536 if gpu else 8192),
@@ -349,22 +391,33 @@ class TuneshipLM:
             max_queue=setting("max_queue", 64),
             threads=None if gpu else torch_threads(),  # one process: HTTP is mostly idle
             max_model_len=self.context, adapter_mode=setting("adapter_mode", "mixed", str),
-            observer=Metrics(card["name"]), model_name=card["name"])
+            observer=Metrics(base["name"]), model_name=base["name"])
         self.default_new = min(ARGS.max_new_tokens, int(self.defaults.get("max_new_tokens", 64)))
+        fixed = {name: name for name in local}
         self.served = openai_api.ServedModel(
-            engine=self.engine, tokenizer=self.tokenizer, model_id=card["name"],
-            aliases=frozenset({card["bento_model"], f"{card['name']}@{card['alias']}",
-                               f"{card['name']}:{card['version']}"}),
+            engine=self.engine, tokenizer=self.tokenizer, model_id=base["name"],
+            aliases=frozenset({base["bento_model"], f"{base['name']}/{base['version']}"}),
             max_tokens_limit=ARGS.max_new_tokens, default_max_tokens=self.default_new,
             repetition_penalty=float(self.defaults.get("repetition_penalty", 1.0)),
-            max_stop=ARGS.max_stop)
+            max_stop=ARGS.max_stop,
+            names={**fixed, **follow.served_names(ARGS.llm_aliases, list(ARGS.llm_adapters),
+                                                  ARGS.alias)})
+        self.follower = follow.Follower(
+            self.served, ARGS.llm_follow, base.get("sha256"), ARGS.alias, registry_uri(),
+            Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "tuneship-adapters",
+            cards={k: stored_card(tag, ARGS.alias) for k, tag in ARGS.llm_adapters.items()},
+            fixed=fixed)
         self.engine.generate(Request(self.tokenizer("Hello")["input_ids"] or [0],
                                      SamplingParams(max_tokens=2)), timeout=120)  # warm-up
+        poll = setting("registry_poll_s", 0.0, float)
+        if poll > 0 and ARGS.llm_follow:
+            self.follower.poll(poll)
         routes.state.service = self
         openai_app.state.llm = self.served
-        log.info("loaded %s on %s (%s, %d torch threads, context %d tokens, adapters %s; engine "
-                 "%s)", stored.tag, self.device, dtype_name, torch.get_num_threads(),
-                 self.context, sorted(adapters) or "none", self.engine.stats())
+        log.info("loaded %s on %s (%s, %d torch threads, context %d tokens, adapters %s, "
+                 "following %s every %ss; engine %s)", stored.tag, self.device, dtype_name,
+                 torch.get_num_threads(), self.context, self.served.model_ids()[1:] or "none",
+                 ARGS.llm_follow or "nothing", poll or "-", self.engine.stats())
 
     def prepare(self, body: GenerateRequest) -> Request:
         """A /generate body as an engine request; InvalidRequest (400) if it cannot run."""
@@ -380,7 +433,8 @@ class TuneshipLM:
         return Request(ids, SamplingParams(
             max_tokens=new, temperature=body.temperature, top_p=body.top_p if sampled else 1.0,
             seed=body.seed, stop=tuple(body.stop),
-            repetition_penalty=float(self.defaults.get("repetition_penalty", 1.0))))
+            repetition_penalty=float(self.defaults.get("repetition_penalty", 1.0))),
+            self.adapter)
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:

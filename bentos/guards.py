@@ -1,5 +1,4 @@
-"""ASGI middleware in front of the public service: API key, JSON bodies, request-size limit,
-and (generation) a bound on requests in flight.
+"""ASGI middleware in front of the public service: API key, JSON bodies, request-size limit.
 
 Runs before BentoML parses anything, so an oversized or unauthenticated request costs no model
 work. Probes and `/metrics` stay open (Kubernetes and Prometheus call them without a key).
@@ -130,32 +129,6 @@ class Guard:
 
     def _too_large(self, size: int) -> str:
         return f"request body too large: {size} bytes (limit {self.max_body_bytes})"
-
-
-class Capacity:
-    """At most `limit` requests in flight on `paths`; beyond that 503 "busy" at once, before the
-    body is read (BentoML would log a traceback for a 503 raised in the service and replace its
-    message with "unexpected error"). Mount it inside `Guard`, which adds `Retry-After`."""
-
-    def __init__(self, app: ASGIApp, *, limit: int, paths: frozenset[str],
-                 what: str = "requests") -> None:
-        self.app = app
-        self.limit, self.paths, self.what = limit, paths, what
-        self.in_flight = 0  # one event loop per worker: no lock needed
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.paths:
-            await self.app(scope, receive, send)
-            return
-        if self.in_flight >= self.limit:
-            await _reject(send, 503, f"busy: {self.in_flight} {self.what} in progress (limit "
-                          f"{self.limit}); retry later")
-            return
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

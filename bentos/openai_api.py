@@ -87,24 +87,32 @@ class ServedModel:
     max_stop: int = 4
     max_prompts: int = 8                  # prompts in one /v1/completions request
     owned_by: str = "tuneship"
+    # served id of each adapter -> its engine adapter name (follow.py: `name/version`,
+    # `name@alias`, `name`); replaced whole when the registry moves
+    names: dict[str, str] = field(default_factory=dict)
 
     def resolve(self, model: str) -> str | None:
-        """The adapter a `model` id names (None = the base model); UnknownAdapter otherwise."""
+        """The engine adapter a `model` id names (None = the base); UnknownAdapter otherwise."""
         if model == self.model_id or model in self.aliases:
             return None
-        if model in self.engine.adapters:
-            return model
+        adapter = self.names.get(model, model)
+        if adapter in self.engine.adapters:
+            return adapter
         raise UnknownAdapter(f"The model '{model}' does not exist (served: "
                              f"{', '.join(self.model_ids())})")
 
     def model_ids(self) -> list[str]:
-        return [self.model_id, *sorted(self.engine.adapters)]
+        loaded = self.engine.adapters
+        named = {m for m, adapter in self.names.items() if adapter in loaded}
+        unnamed = set(loaded) - set(self.names.values())
+        return [self.model_id, *sorted(named | unnamed)]
 
     def card(self, model: str) -> dict[str, Any]:
         adapter = self.resolve(model)
+        root = self.model_id if adapter is None else next(
+            (m for m, a in self.names.items() if a == adapter and "/" in m), adapter)
         return {"id": model, "object": "model", "created": self.created,
-                "owned_by": self.owned_by,
-                "root": self.model_id if adapter is None else self.engine.adapters[adapter],
+                "owned_by": self.owned_by, "root": root,
                 "parent": None if adapter is None else self.model_id,
                 "max_model_len": self.engine.max_model_len}
 

@@ -10,6 +10,7 @@ at import time (torch is imported when a device is chosen).
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -84,6 +85,16 @@ class ServeArgs(BaseModel):
     max_prompt_chars: int = Field(4000, gt=0)
     max_new_tokens: int = Field(256, gt=0)
     max_stop: int = Field(4, ge=0)
+    # the LLM service (generation.py): which adapters, under which names, and the engine
+    llm_follow: list[str] = Field(default_factory=list)  # registry refs followed at run time
+    llm_adapters: dict[str, str] = Field(default_factory=dict)  # "name/version" -> model tag
+    llm_aliases: dict[str, str] = Field(default_factory=dict)   # "name@alias" -> "name/version"
+    llm_registry_uri: str | None = None  # the MLflow registry to follow (MLFLOW_TRACKING_URI wins)
+    llm_registry_poll_s: float = Field(0.0, ge=0.0)  # 0: follow the registry on reload only
+    llm_kv_budget: int | None = Field(None, gt=0)    # None: 8192 tokens (CPU), 65536 (GPU)
+    llm_max_batch: int | None = Field(None, gt=0)    # None: 32 (CPU), 64 (GPU)
+    llm_max_queue: int = Field(64, ge=0)
+    llm_adapter_mode: Literal["mixed", "grouped"] = "mixed"
 
 
 use_offline_hub()

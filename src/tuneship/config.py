@@ -135,6 +135,9 @@ class RegistryConfig(_Section):
     model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     challenger_alias: str = "challenger"
     champion_alias: str = "champion"
+    # causal_lm: the registered model holding base weights (one version per SHA-256);
+    # None = the model's name (model.name)
+    base_model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     gate: GateConfig = GateConfig()
 
 

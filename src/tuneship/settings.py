@@ -24,17 +24,23 @@ def project_root() -> Path:
 
 
 @cache
-def bento_runtime() -> ModuleType:
-    """`bentos/runtime.py` (bento arguments, offline hub, device and threads), loaded by path:
-    the image carries only `bentos/`, so that side owns the contract."""
-    path = project_root() / "bentos" / "runtime.py"
-    spec = importlib.util.spec_from_file_location("tuneship_bento_runtime", path)
+def bento_module(name: str) -> ModuleType:
+    """`bentos/<name>.py` loaded by path: the image carries only `bentos/`, so that side owns
+    the serving contract (`runtime`: bento arguments, offline hub, device and threads;
+    `adapter_refs`: registry references to adapters)."""
+    path = project_root() / "bentos" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"tuneship_bento_{name}", path)
     if spec is None or spec.loader is None or not path.is_file():
         raise TuneshipError(f"{path} not found: run Tuneship from its checkout")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # pydantic resolves the module's annotations through it
     spec.loader.exec_module(module)
     return module
+
+
+def bento_runtime() -> ModuleType:
+    """`bentos/runtime.py`: the bento arguments, offline hub, device and thread rules."""
+    return bento_module("runtime")
 
 
 def register_resolvers() -> None:

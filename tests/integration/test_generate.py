@@ -164,11 +164,10 @@ def test_api_key_guards_generation_but_not_probes(served_lm):
 
 
 def test_metrics_count_tokens_and_finish_reasons(lm):
-    def completion_tokens() -> float:
+    def completion_tokens() -> float:  # over every model_name (the base, each adapter)
         text = lm.get("/metrics").text
-        line = next(x for x in text.splitlines()
-                    if x.startswith("tuneship_llm_generation_tokens_total"))
-        return float(line.split()[-1])
+        return sum(float(x.split()[-1]) for x in text.splitlines()
+                   if x.startswith("tuneship_llm_generation_tokens_total"))
 
     before = completion_tokens()
     produced = _generate(lm, max_new_tokens=5)["usage"]["completion_tokens"]

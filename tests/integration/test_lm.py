@@ -92,10 +92,28 @@ def test_perplexity_reduction_floor_blocks_promotion(lm_runs):
 
 
 def test_champion_generates_text(lm_runs):
-    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-    assert model.metadata.metadata["served"] == "merged"
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")  # base + adapter, by MLflow
+    assert model.metadata.metadata["served"] == "adapter"
     out = model.predict(["ROMEO:\nWhat light"])
     assert len(out) == 1 and isinstance(out[0], str) and out[0]
+
+
+def test_the_version_is_the_adapter_and_the_base_is_registered_once(lm_runs, tmp_path):
+    client = lm_runs["client"]
+    adapter = client.get_model_version(NAME, "1")
+    base_name, _, base_version = adapter.tags["base_model.registered"].rpartition("/")
+    base = client.get_model_version(base_name, base_version)
+    assert base_name == "tiny-llama"
+    assert base.tags["sha256"] == adapter.tags["base_model.sha256"]
+    # Every registration of an adapter of these weights names that same base version.
+    for version in client.search_model_versions(f"name = '{NAME}'"):
+        assert version.tags["base_model.registered"] == f"{base_name}/{base_version}"
+    assert len(client.search_model_versions(f"name = '{base_name}'")) == 1
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/1", dst_path=tmp_path))
+    assert (folder / "peft" / "adapter_model.safetensors").is_file()
+    assert not list(folder.rglob("model.safetensors"))  # no copy of the base weights
+    flavor = mlflow.models.get_model_info(f"models:/{NAME}/1").flavors["transformers"]
+    assert flavor["peft_adaptor"] == "peft" and "local_base_model_path" in flavor
 
 
 def test_instruction_data_scores_rouge_and_bleu(lm_runs):

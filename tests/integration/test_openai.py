@@ -3,7 +3,9 @@ HTTP, with the official `openai` client: smoke_lm trained, registered, built and
 `bentoml serve` (fixture `served_lm` in conftest.py), plus one more server of the same bento
 with small engine limits and a LoRA adapter made here.
 
-Greedy answers are compared with `model.generate` on the served weights, loaded in this process.
+The bento serves the base model (`tiny-llama`) and the registered champion adapter (`LM_NAME`,
+also `LM_NAME/1` and `LM_NAME@champion`). Greedy answers are compared with `model.generate` of
+the same peft model (base + champion adapter), loaded in this process from the served files.
 """
 
 from __future__ import annotations
@@ -40,11 +42,14 @@ PROMPT = "ROMEO:\nBut soft, what light"
 CHAT = [{"role": "system", "content": "You are a poet."},
         {"role": "user", "content": "Tell me of the sea."}]
 ADAPTER = "poet"
+BASE = "tiny-llama"  # the base model's registered name (model.name of smoke_lm)
+SERVED = [BASE, LM_NAME, f"{LM_NAME}/1", f"{LM_NAME}@champion"]
 
 
 @dataclass
 class Weights:
-    """The served model's files, loaded here for reference answers."""
+    """The served model's files, loaded here for reference answers: `model` is the champion
+    (base + adapter, a peft model), `folder` the base weights."""
 
     model: object
     tokenizer: object
@@ -81,16 +86,24 @@ def client(served_lm: Served) -> Iterator[openai.OpenAI]:
 
 @pytest.fixture(scope="module")
 def weights(served_lm: Served, client: openai.OpenAI) -> Weights:
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     card = httpx.get(f"{served_lm.open.url}/model", timeout=30).json()
-    name, version = card["bento_model"].split(":")
-    root = served_lm.bentoml_home / "models" / name / version
-    meta = yaml.safe_load((root / "model.yaml").read_text())["metadata"]
-    files = meta["transformers"]
-    model = AutoModelForCausalLM.from_pretrained(root / files["model"]).eval()
-    tokenizer = AutoTokenizer.from_pretrained(root / files["tokenizer"])
-    return Weights(model, tokenizer, root / files["model"],
+
+    def stored(tag: str) -> tuple[Path, dict]:
+        name, version = tag.split(":")
+        root = served_lm.bentoml_home / "models" / name / version
+        return root, yaml.safe_load((root / "model.yaml").read_text())["metadata"]
+
+    base_root, base_meta = stored(card["base"]["bento_model"])
+    root, meta = stored(card["bento_model"])
+    assert "model" not in meta["transformers"]  # the registered version is the adapter alone
+    folder = base_root / base_meta["transformers"]["model"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder),
+                                      root / meta["transformers"]["adapter"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(root / meta["transformers"]["tokenizer"])
+    return Weights(model, tokenizer, folder,
                    float(meta.get("generation", {}).get("repetition_penalty", 1.0)))
 
 
@@ -112,7 +125,7 @@ def adapter_dir(weights: Weights, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="module")
 def small(served_lm: Served, adapter_dir: Path) -> Iterator[Server]:
-    """The same bento with 2 places, 2 waiting at most, and the adapter.
+    """The same bento with 2 places, 2 waiting at most, the adapter, polling the registry.
 
     Its own BENTOML_HOME (the store linked in): every `bentoml serve` empties
     $BENTOML_HOME/prometheus_multiproc_dir at start, which would freeze the other servers'
@@ -125,6 +138,7 @@ def small(served_lm: Served, adapter_dir: Path) -> Iterator[Server]:
             (home / part).symlink_to(served_lm.bentoml_home / part)
     env = {**isolated_env(served_lm.bentoml_home.parent), "BENTOML_HOME": str(home),
            "TUNESHIP_LLM_MAX_BATCH": "2", "TUNESHIP_LLM_MAX_QUEUE": "2",
+           "TUNESHIP_LLM_REGISTRY_POLL_S": "1",
            "TUNESHIP_LLM_ADAPTERS": f"{ADAPTER}={adapter_dir}"}
     server = _start(env, served_lm.bentoml_home.parent / "small.log", f"{LM_NAME}:latest")
     try:
@@ -142,11 +156,12 @@ def _small_client(server: Server) -> openai.OpenAI:
 # --- models, completions, chat ------------------------------------------------------------------
 
 
-def test_models_lists_the_served_base_model(client):
+def test_models_lists_the_base_and_the_registered_adapter(client):
     models = client.models.list().data
-    assert [m.id for m in models] == [LM_NAME]
+    assert [m.id for m in models] == SERVED
     assert models[0].object == "model"
     assert models[0].max_model_len == 256 and models[0].parent is None
+    assert all(m.parent == BASE and m.root == f"{LM_NAME}/1" for m in models[1:])
     assert client.models.retrieve(LM_NAME).id == LM_NAME
 
 
@@ -306,7 +321,7 @@ def test_missing_or_wrong_key_is_an_authentication_error(served_lm):
         assert err.value.body["type"] == "authentication_error"
     with openai.OpenAI(base_url=url, api_key=API_KEY, max_retries=0) as api:
         assert api.completions.create(model=LM_NAME, prompt=PROMPT, max_tokens=2).choices
-        assert [m.id for m in api.models.list().data] == [LM_NAME]
+        assert [m.id for m in api.models.list().data] == SERVED
     for probe in ("/healthz", "/readyz", "/metrics"):
         assert httpx.get(f"{served_lm.keyed.url}{probe}", timeout=30).status_code == 200
 
@@ -406,22 +421,24 @@ def test_adapter_is_listed_with_its_parent_and_answers_like_peft(small, weights,
 
     with _small_client(small) as api:
         models = {m.id: m for m in api.models.list().data}
-        assert set(models) == {LM_NAME, ADAPTER}
-        assert models[ADAPTER].parent == LM_NAME and models[LM_NAME].parent is None
-        tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(weights.folder),
-                                          adapter_dir).eval()
+        assert set(models) == {*SERVED, ADAPTER}
+        assert models[ADAPTER].parent == BASE and models[BASE].parent is None
+        base = AutoModelForCausalLM.from_pretrained(weights.folder)
+        tuned = PeftModel.from_pretrained(base, adapter_dir).eval()
         ids = weights.prompt_ids(PROMPT)
         want = {LM_NAME: weights.generate(ids, 12)["text"],
                 ADAPTER: weights.generate(ids, 12, model=tuned)["text"]}
-        assert want[LM_NAME] != want[ADAPTER]  # the adapter matters
+        with tuned.disable_adapter():
+            want[BASE] = weights.generate(ids, 12, model=tuned)["text"]
+        assert len(set(want.values())) == 3  # each adapter matters
 
         def ask(model: str) -> str:
             return api.completions.create(model=model, prompt=PROMPT, max_tokens=12,
                                           temperature=0).choices[0].text
 
-        with ThreadPoolExecutor(2) as pool:  # base and adapter decoded together
-            together = dict(zip([LM_NAME, ADAPTER], pool.map(ask, [LM_NAME, ADAPTER]),
-                                strict=True))
+        order = [BASE, LM_NAME, ADAPTER]
+        with ThreadPoolExecutor(3) as pool:  # the base and two adapters decoded together
+            together = dict(zip(order, pool.map(ask, order), strict=True))
         assert together == want
         assert ask(ADAPTER) == want[ADAPTER]
 
@@ -430,16 +447,44 @@ def test_adapter_is_listed_with_its_parent_and_answers_like_peft(small, weights,
 
 
 def test_metrics_are_named_like_vllms(client, served_lm):
-    url = served_lm.open.url
-    before = _metric(url, "tuneship_llm_generation_tokens_total", model_name=LM_NAME)
+    """Per-request series are labelled by the adapter version that answered; the load gauges
+    (what the HPA scales on) by the base model the engine runs."""
+    url, version = served_lm.open.url, f"{LM_NAME}/1"
+    before = _metric(url, "tuneship_llm_generation_tokens_total", model_name=version)
     answer = client.completions.create(model=LM_NAME, prompt=PROMPT, max_tokens=5,
                                        temperature=0)
-    after = _metric(url, "tuneship_llm_generation_tokens_total", model_name=LM_NAME)
+    after = _metric(url, "tuneship_llm_generation_tokens_total", model_name=version)
     assert after == before + answer.usage.completion_tokens
     text = httpx.get(f"{url}/metrics", timeout=30).text
-    for name in ("tuneship_llm_time_to_first_token_seconds_bucket",
-                 "tuneship_llm_inter_token_latency_seconds_bucket",
-                 "tuneship_llm_e2e_request_latency_seconds_bucket",
-                 "tuneship_llm_num_requests_running", "tuneship_llm_num_requests_waiting",
-                 "tuneship_llm_prompt_tokens_total", "tuneship_llm_generation_tokens_total"):
-        assert re.search(rf'^{name}\{{[^}}]*model_name="{LM_NAME}"', text, re.MULTILINE), name
+    for name, label in (("tuneship_llm_time_to_first_token_seconds_bucket", version),
+                        ("tuneship_llm_inter_token_latency_seconds_bucket", version),
+                        ("tuneship_llm_e2e_request_latency_seconds_bucket", version),
+                        ("tuneship_llm_num_requests_running", BASE),
+                        ("tuneship_llm_num_requests_waiting", BASE),
+                        ("tuneship_llm_prompt_tokens_total", version),
+                        ("tuneship_llm_generation_tokens_total", version)):
+        assert re.search(rf'^{name}\{{[^}}]*model_name="{re.escape(label)}"', text,
+                         re.MULTILINE), name
+
+# --- following the registry (last: it registers a new version in the shared store) ----------
+
+
+def test_an_adapter_registered_while_serving_becomes_servable(small, served_lm, weights):
+    """`small` polls the registry every second: a new version, registered by the register
+    stage while it serves, is listed and answers under `name/2` and `name@challenger`."""
+    from tests.integration.conftest import _run
+
+    env = isolated_env(served_lm.bentoml_home.parent)
+    _run("register.py", ["experiment=smoke_lm"], env, timeout=240)  # v2, @challenger
+    new = {f"{LM_NAME}/2", f"{LM_NAME}@challenger"}
+    with _small_client(small) as api:
+        deadline = time.monotonic() + 60
+        while not new <= {m.id for m in api.models.list().data}:
+            assert time.monotonic() < deadline, "v2 never became servable"
+            time.sleep(1)
+        assert api.models.retrieve(f"{LM_NAME}@challenger").root == f"{LM_NAME}/2"
+        assert api.models.retrieve(LM_NAME).root == f"{LM_NAME}/1"  # the champion did not move
+        want = weights.generate(weights.prompt_ids(PROMPT), 8)["text"]  # the same adapter
+        for model in new:
+            assert api.completions.create(model=model, prompt=PROMPT, max_tokens=8,
+                                          temperature=0).choices[0].text == want

@@ -15,6 +15,7 @@ import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import bentoml
 import yaml
@@ -23,7 +24,7 @@ from omegaconf import DictConfig
 from tuneship.config import RegistryConfig, section
 from tuneship.errors import TuneshipError
 from tuneship.serving.config import DockerConfig, ServeConfig
-from tuneship.serving.model_store import import_champion
+from tuneship.serving.model_store import import_adapters, import_champion
 from tuneship.settings import project_root
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,29 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     serve = section(cfg, "serve", ServeConfig)  # type: ignore[type-var]
     model = import_champion(reg, serve)
     task = model.info.metadata.get("task", "text-classification")
-    bento = build(serve, str(model.tag), task=task)
-    return {"model": str(model.tag), "task": task, "bento": str(bento.tag), "path": bento.path,
-            "labels": model.info.labels,
+    served, args, extra = model, {}, {}
+    if "adapter" in model.info.metadata.get("transformers", {}):
+        llm = import_adapters(reg, serve, model)  # the bento serves the base + its adapters
+        served = llm.base
+        args = {"llm_adapters": {k: str(m.tag) for k, m in llm.adapters.items()},
+                "llm_aliases": llm.aliases, "llm_registry_uri": followable(reg.tracking_uri)}
+        extra = {"adapters": sorted(llm.adapters), "aliases": llm.aliases,
+                 "skipped": llm.skipped}
+    bento = build(serve, str(served.tag), task=task, args=args,
+                  models=[str(served.tag), *args.get("llm_adapters", {}).values()])
+    return {"model": str(served.tag), "task": task, **extra, "bento": str(bento.tag),
+            "path": bento.path, "labels": model.info.labels,
             "serve": f"bentoml serve {bento.tag} --host {serve.host} --port {serve.port}"}
+
+
+def followable(uri: str) -> str | None:
+    """The tracking URI the LLM service may follow, when it carries no credentials (a secret
+    never goes into bento arguments; MLFLOW_TRACKING_URI at serve time covers the rest)."""
+    parsed = urlsplit(uri)
+    if parsed.password or parsed.username or parsed.scheme not in ("http", "https", "sqlite",
+                                                                    "file", ""):
+        return None
+    return uri
 
 
 # The service each task's bento runs (modules of bentos/).
@@ -46,8 +66,10 @@ SERVICES = {"text-classification": "service:Tuneship", "text-generation": "gener
 
 
 def build(serve: ServeConfig, model_tag: str, task: str = "text-classification",
-          bentos_dir: Path | None = None) -> bentoml.Bento:
-    """Build `bentos/` with pinned requirements and the serving limits as bento arguments.
+          bentos_dir: Path | None = None, args: dict[str, Any] | None = None,
+          models: list[str] | None = None) -> bentoml.Bento:
+    """Build `bentos/` with pinned requirements and the serving limits as bento arguments
+    (plus `args`); `models` are stored in the bento beside the one the service declares.
 
     The build runs on a temporary copy of `bentos/`, so the merged bentofile (and a bundled
     wheel, which BentoML wants inside the build context) never touch the checkout.
@@ -58,12 +80,15 @@ def build(serve: ServeConfig, model_tag: str, task: str = "text-classification",
         shutil.copytree(bentos_dir, ctx, ignore=shutil.ignore_patterns("__pycache__"))
         spec = bentofile(ctx / "bentofile.yaml", serve.docker, ctx)
         spec["service"] = SERVICES[task]
+        if models:
+            spec["models"] = sorted(set(models))
         spec.setdefault("labels", {})["task"] = task
         (ctx / "bentofile.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         with contextlib.chdir(ctx):  # BentoML only reads wheels below the working directory
             bento = bentoml.bentos.build_bentofile(
                 str(ctx / "bentofile.yaml"), build_ctx=str(ctx), name=serve.bento_name.lower(),
-                labels={"model": model_tag}, args=serve.bento_args(model_tag))
+                labels={"model": model_tag},
+                args=serve.bento_args(model_tag) | (args or {}))
     log.info("built bento %s serving %s", bento.tag, model_tag)
     return bento
 
@@ -78,7 +103,11 @@ def bentofile(path: Path, docker: DockerConfig, ctx: Path) -> dict[str, Any]:
         if not wheel.is_file():
             raise TuneshipError(f"serve.docker.torch_wheel: {wheel} does not exist")
         _place(wheel, ctx / "wheels" / wheel.name)
-        packages = [p for p in packages if not p.startswith("torch==")]
+        # The wheel is a line of requirements.txt, so it is resolved together with what needs
+        # torch (peft, accelerate); BentoML installs `python.wheels` only after requirements.txt,
+        # by which time uv would have pulled PyPI's CUDA torch for them.
+        packages = [f"./wheels/{wheel.name}" if p.startswith("torch==") else p
+                    for p in packages]
         python["wheels"] = [*python.get("wheels", []), f"wheels/{wheel.name}"]
         python.pop("extra_index_url", None)  # the bundled wheel replaces the CPU index
     if docker.cuda_version:  # PyPI's Linux torch is the CUDA build: drop the CPU index and label

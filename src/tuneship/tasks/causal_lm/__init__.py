@@ -7,9 +7,10 @@ Both models are scored on the same test blocks (the adapter switched off, then o
 Instruction data is also scored with ROUGE-L and BLEU on generated responses; sample generations
 of both models go to `eval/samples.jsonl`.
 
-Registration logs the adapter (`adapter/`, with `base_model.json`: the base's name, source, path
-and SHA-256) and registers the base with the adapter merged in (`merge_and_unload`) as an MLflow
-transformers text-generation model: self-contained for serving.
+Registration registers the LoRA adapter itself as the model version (an MLflow transformers
+text-generation model logged with `base_model_path`: adapter + tokenizer, a few MB), and the
+base weights once under `registry.base_model_name`, found again by SHA-256 (registry.py). The
+adapter folder as trained (with `base_model.json`) is also the run artifact `adapter/`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tuneship.evaluation import bootstrap
 from tuneship.registry.lineage import pinned
 from tuneship.settings import pick_device
 from tuneship.tasks.base import Built, Logged, Task
-from tuneship.tasks.causal_lm import data, model, scoring
+from tuneship.tasks.causal_lm import data, model, registry, scoring
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -108,45 +109,55 @@ class CausalLM(Task):
 
     def log_model(self, ctx: StageContext, prepared: Prepared, lineage: dict[str, str],
                   report: dict, train: dict) -> Logged:
-        """Log the adapter (lineage) and register the merged model (served)."""
+        """Register the base once (by SHA-256) and the adapter as the new version."""
         stats, model_dir = prepared.stats, ctx.work.model
         tuned, tokenizer, ref = model.load_finetuned(model_dir)
-        pipe = transformers.pipeline("text-generation", model=tuned.merge_and_unload(),
-                                     tokenizer=tokenizer)
+        base_name = ctx.registry.base_model_name or ref.name
+        base = registry.register_base(ctx.client(), base_name, ref, tokenizer)
+        pipe = transformers.pipeline("text-generation", model=tuned, tokenizer=tokenizer)
         chat = stats["kind"] == "instructions"
         extra = {"base_model": ref.name, "base_model.source": ref.source,
-                 "base_model.sha256": str(ref.sha256)}
+                 "base_model.sha256": str(ref.sha256),
+                 registry.BASE_TAG: f"{base.name}/{base.version}"}
         mlflow.log_artifacts(str(model_dir), artifact_path="adapter")
         info = mlflow.transformers.log_model(
             transformers_model=pipe, name="model", task=self.mlflow_task,
+            base_model_path=ref.path,  # the adapter alone; the base is referenced, not copied
             input_example=[_example(ctx.work.eval / SAMPLES_FILE)],
             # Instruction models answer a user turn: MLflow wraps each input in the chat format.
             prompt_template=prompt_template(tokenizer) if chat else None,
-            pip_requirements=pinned(),  # without them MLflow's inference imports torchvision
+            pip_requirements=[*pinned(), *pinned(("peft",))],
             registered_model_name=ctx.registry.model_name,
             # Inference defaults (callers may override): the continuation only, greedy.
             model_config={"max_new_tokens": ctx.eval.max_new_tokens, "do_sample": False,
                           "repetition_penalty": 1.1, "return_full_text": False},
-            metadata={**lineage, **extra, "base_model.path": ref.path, "served": "merged",
+            metadata={**lineage, **extra, "base_model.path": ref.path, "served": "adapter",
                       "adapter_artifact": "adapter"})
-        card = f"""A causal language model: LoRA adapters ({train.get('trainable_params', 0):,}
-trainable of {train.get('total_params', 0):,} parameters) trained on {stats['kind']} data, merged
-into the base for serving; the adapter is the run artifact `adapter/` (with
-`{model.BASE_FILE}`: base `{ref.source}` → `{ref.path}`). Test: {report.get('tokens', 0)}
-predicted tokens in blocks of {stats['block_size']}; base vs fine-tuned in the table above.
-Sample generations are in `eval/samples.jsonl`. The test split is carved from the same file as
-the training data (contiguous chunks, no overlap), so perplexities on other text will be higher."""
+        card = f"""A LoRA adapter ({train.get('trainable_params', 0):,} trainable of
+{train.get('total_params', 0):,} parameters) trained on {stats['kind']} data; this version holds
+the adapter alone. Its base is `{base.name}` v{base.version} (from `{ref.source}`, SHA-256
+`{ref.sha256}`); the service loads that base once and serves every adapter of it by name. Test:
+{report.get('tokens', 0)} predicted tokens in blocks of {stats['block_size']}; base vs fine-tuned
+in the table above. Sample generations are in `eval/samples.jsonl`. The test split is carved
+from the same file as the training data (contiguous chunks, no overlap), so perplexities on
+other text will be higher."""
         return Logged(info, card=card, lineage=extra,
-                      result={"adapter_uri": f"runs:/{lineage['run_id']}/adapter"})
+                      result={"adapter_uri": f"runs:/{lineage['run_id']}/adapter",
+                              "base_model_uri": f"models:/{base.name}/{base.version}"})
 
     def rescore(self, ctx: StageContext, version: ModelVersion, metric: str) -> float:
-        """Perplexity of a registered (merged) version on this pipeline's test blocks."""
+        """Perplexity of a registered version (an adapter, or an older merged model) on this
+        pipeline's test blocks."""
         if metric != "perplexity":
             raise TuneshipError(f"cannot re-score champion v{version.version} on '{metric}' for "
                                 "the causal_lm task: use registry.gate.metric=perplexity")
         prepared = ctx.work.load_prepared()
-        parts = mlflow.transformers.load_model(f"models:/{version.name}/{version.version}",
-                                               return_type="components")
+        uri = f"models:/{version.name}/{version.version}"
+        flavor = mlflow.models.get_model_info(uri).flavors["transformers"]
+        local = flavor.get("local_base_model_path")  # set for an adapter version
+        extra = ({"base_model_path": registry.base_folder(ctx.client(), version, local)}
+                 if local else {})
+        parts = mlflow.transformers.load_model(uri, return_type="components", **extra)
         tokenizer = parts["tokenizer"]
         if data.tokenizer_digest(tokenizer) != prepared.stats["tokenizer"]:
             raise TuneshipError(f"champion v{version.version} uses another vocabulary: "
