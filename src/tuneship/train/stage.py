@@ -5,10 +5,12 @@ Under torchrun every rank runs this; only rank 0 touches MLflow and writes resul
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 
 import mlflow
-from transformers import EarlyStoppingCallback, Trainer, set_seed
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, set_seed
 
 from tuneship.context import StageContext
 from tuneship.errors import TuneshipError
@@ -17,6 +19,18 @@ from tuneship.train import resume
 from tuneship.train.trainer import training_args
 
 log = logging.getLogger(__name__)
+# Extra callbacks, "module:Class,...", each built with no arguments (the jobs service's progress).
+CALLBACKS_VAR = "TUNESHIP_TRAINER_CALLBACKS"
+
+
+def extra_callbacks() -> list[TrainerCallback]:
+    """The `TrainerCallback`s named in `TUNESHIP_TRAINER_CALLBACKS`."""
+    named = [n.strip() for n in os.environ.get(CALLBACKS_VAR, "").split(",") if n.strip()]
+    try:
+        return [getattr(importlib.import_module(m), c)() for m, _, c in
+                (n.partition(":") for n in named)]
+    except (ImportError, AttributeError) as err:
+        raise TuneshipError(f"{CALLBACKS_VAR}={os.environ[CALLBACKS_VAR]!r}: {err}") from None
 
 
 def run(ctx: StageContext) -> dict:
@@ -38,7 +52,7 @@ def run(ctx: StageContext) -> dict:
     main = args.process_index == 0
     with ctx.stage_run("train", main=main):
         callbacks = ([EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)]
-                     if cfg.early_stopping_patience else [])
+                     if cfg.early_stopping_patience else []) + extra_callbacks()
         trainer = Trainer(model=built.model, args=args, train_dataset=prepared.splits["train"],
                           processing_class=tokenizer, callbacks=callbacks,
                           **ctx.task.trainer_kwargs(ctx, prepared, tokenizer))

@@ -1,0 +1,30 @@
+"""The local executor: runs queued fine-tuning jobs, each in its own process.
+
+    python pipelines/jobs_worker.py                                  # conf/jobs/default.yaml
+    python pipelines/jobs_worker.py executor.concurrency=2           # key=value overrides
+    python pipelines/jobs_worker.py --config my-jobs.yaml
+
+Stopping it (or `kill -9`) stops the jobs it runs; started again, it resumes them from their
+last checkpoint.
+"""
+
+import argparse
+import logging
+
+from tuneship.errors import exit_on_user_error
+from tuneship.jobs.config import load_settings
+from tuneship.jobs.worker import serve
+
+
+@exit_on_user_error
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="settings YAML (default: conf/jobs/default.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the settings")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(load_settings(args.config, args.overrides))
+
+
+if __name__ == "__main__":
+    main()
