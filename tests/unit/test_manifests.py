@@ -151,11 +151,23 @@ def test_llm_memory_covers_model_and_kv_budget():
     deployment = next(d for d in BY_KIND["Deployment"] if d["metadata"]["name"] == "tuneship-llm")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in container["env"]}
-    budget = int(env["TUNESHIP_KV_BUDGET_TOKENS"]["value"])
+    budget = int(env["TUNESHIP_LLM_KV_BUDGET"]["value"])
     needed = 0.54e9 + budget * KV_BYTES_PER_TOKEN + 0.6e9  # weights + KV budget + runtime
     assert _memory_bytes(container["resources"]["requests"]["memory"]) >= needed
     assert _memory_bytes(container["resources"]["limits"]["memory"]) >= needed
     assert env["TUNESHIP_API_KEY"]["valueFrom"]["secretKeyRef"]["name"]
+
+
+@pytest.mark.parametrize("deployment", BY_KIND["Deployment"], ids=lambda d: d["metadata"]["name"])
+def test_every_tuneship_variable_set_is_read_by_the_service(deployment):
+    """A renamed setting must not leave a manifest setting a variable nothing reads."""
+    source = "\n".join(p.read_text() for p in (ROOT / "bentos").glob("*.py"))
+    read = set(re.findall(r"TUNESHIP_[A-Z_]+", source)) | {
+        f"TUNESHIP_LLM_{name.upper()}" for name in re.findall(r'setting\("(\w+)"', source)}
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        for env in container.get("env", []):
+            if env["name"].startswith("TUNESHIP_"):
+                assert env["name"] in read, f"{env['name']} is read by no module of bentos/"
 
 
 def test_hpa_metric_is_served_by_the_adapter_rules():
