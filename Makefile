@@ -129,4 +129,24 @@ containerize: setup ## Build the OCI image $(IMAGE) of that bento (docker, else 
 
 container-run: ## Run that image in the background on $(SERVE_HOST):$(SERVE_PORT), wait for /readyz
 	@bash deploy/container/run.sh $(IMAGE) $(TUNESHIP_CONTAINER) $(SERVE_HOST) $(SERVE_PORT) $(READY_TIMEOUT)
+# Platform mode (bentos/platform_mode.py): the jobs API (src/tuneship/jobs/) on the same /v1 as
+# inference, the jobs worker beside it, job models served as they register (no restart). Both
+# get one explicit MLFLOW_TRACKING_URI (default: the checkout's store), the registry they share.
+JOBS_CONFIG ?=
+JOBS_LOG ?= outputs/jobs/worker.log
+.PHONY: serve-platform
+serve-platform: setup ## Serve $(experiment)'s bento + files + fine-tuning jobs on one URL (/v1), with the jobs worker
+	@$(BENTOML) get $(BENTO) >/dev/null 2>&1 || { echo "serve-platform: no bento $(BENTO) in" \
+		"$(BENTOML_HOME): run 'make bento experiment=$(experiment)' first" >&2; exit 1; }
+	@if [ -z "$$TUNESHIP_API_KEY$$TUNESHIP_JOBS_API_KEY$(JOBS_CONFIG)" ]; then echo "serve-platform:" \
+		"set TUNESHIP_API_KEY (the inference key, also the jobs owner 'default'), or owners' keys" \
+		"in a JOBS_CONFIG file (src/tuneship/jobs/README.md)" >&2; exit 1; fi
+	@mkdir -p $(dir $(JOBS_LOG)); \
+	export MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}; \
+	$(PY) pipelines/jobs_worker.py $(if $(JOBS_CONFIG),--config $(abspath $(JOBS_CONFIG))) >>$(JOBS_LOG) 2>&1 & \
+	worker=$$!; trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	echo "serve-platform: jobs worker pid $$worker (log $(JOBS_LOG)); API on" \
+		"http://$(SERVE_HOST):$(SERVE_PORT)/v1"; \
+	TUNESHIP_PLATFORM=1 TUNESHIP_JOBS_CONFIG=$(abspath $(JOBS_CONFIG)) $(BENTOML) serve $(BENTO) \
+		--host $(SERVE_HOST) --port $(SERVE_PORT)
 # --- end serving ---------------------------------------------------------------------------

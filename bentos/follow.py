@@ -112,12 +112,13 @@ class Follower:
     def _download(self, version: Any) -> str:
         import mlflow
 
-        uri = f"models:/{version.name}/{version.version}"
+        # The version's storage location, asked of this registry: a `models:/` URI would be
+        # resolved against the process's default registry instead.
+        uri = self._client().get_model_version_download_uri(version.name, version.version)
         into = self.cache_dir / engine_name(adapter_refs.key(version))
         into.mkdir(parents=True, exist_ok=True)
         local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=str(into), tracking_uri=self.tracking_uri,
-            registry_uri=self.tracking_uri))
+            artifact_uri=uri, dst_path=str(into), tracking_uri=self.tracking_uri))
         flavor = mlflow.models.Model.load(str(local)).flavors["transformers"]
         return str(local / flavor.get("peft_adaptor", "peft"))
 

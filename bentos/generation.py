@@ -39,6 +39,7 @@ from typing import Annotated, Any, Literal
 import bentoml
 import follow
 import openai_api
+import platform_mode
 from common import ModelRef, device, load_args, stored_card, torch_threads
 from engine import Engine, EngineFull, InvalidRequest, Observer, Request, SamplingParams
 from guards import Guard
@@ -351,6 +352,7 @@ routes = Starlette(routes=[
 ])
 routes.state.service = None
 openai_app = openai_api.build_app()
+upload_limit = platform_mode.mount(openai_app)  # jobs API on /v1 in platform mode, else None
 
 
 @bentoml.service(traffic={"timeout": 300})
@@ -402,22 +404,23 @@ class TuneshipLM:
             max_stop=ARGS.max_stop,
             names={**fixed, **follow.served_names(ARGS.llm_aliases, list(ARGS.llm_adapters),
                                                   ARGS.alias)})
-        self.follower = follow.Follower(
-            self.served, ARGS.llm_follow, base.get("sha256"), ARGS.alias, registry_uri(),
+        self.follower = platform_mode.follower_class()(
+            self.served, platform_mode.follow_refs(ARGS.llm_follow), base.get("sha256"), ARGS.alias,
+            registry_uri(),
             Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "tuneship-adapters",
             cards={k: stored_card(tag, ARGS.alias) for k, tag in ARGS.llm_adapters.items()},
             fixed=fixed)
         self.engine.generate(Request(self.tokenizer("Hello")["input_ids"] or [0],
                                      SamplingParams(max_tokens=2)), timeout=120)  # warm-up
-        poll = setting("registry_poll_s", 0.0, float)
-        if poll > 0 and ARGS.llm_follow:
+        poll = platform_mode.poll_s(setting("registry_poll_s", 0.0, float))
+        if poll > 0 and self.follower.refs:
             self.follower.poll(poll)
         routes.state.service = self
         openai_app.state.llm = self.served
         log.info("loaded %s on %s (%s, %d torch threads, context %d tokens, adapters %s, "
                  "following %s every %ss; engine %s)", stored.tag, self.device, dtype_name,
                  torch.get_num_threads(), self.context, self.served.model_ids()[1:] or "none",
-                 ARGS.llm_follow or "nothing", poll or "-", self.engine.stats())
+                 self.follower.refs or "nothing", poll or "-", self.engine.stats())
 
     def prepare(self, body: GenerateRequest) -> Request:
         """A /generate body as an engine request; InvalidRequest (400) if it cannot run."""
@@ -443,4 +446,6 @@ class TuneshipLM:
 
 
 TuneshipLM.add_asgi_middleware(Guard, api_key=os.environ.get("TUNESHIP_API_KEY") or None,
-                               max_body_bytes=ARGS.max_request_bytes)
+                               max_body_bytes=ARGS.max_request_bytes,
+                               delegated_prefixes=platform_mode.DELEGATED_PREFIXES
+                               if upload_limit else (), delegated_max_body_bytes=upload_limit)

@@ -5,6 +5,11 @@ work. Probes and `/metrics` stay open (Kubernetes and Prometheus call them witho
 Every 503 (busy, overloaded, not ready) leaves with `Retry-After`, so clients back off instead
 of retrying at once: clients that re-send at once take CPU from the requests being served and
 lower the served throughput (measured with benchmarks/generate_load.py: bentos/README.md).
+
+`delegated_prefixes` name routes that check their own callers (the fine-tuning jobs API mounted
+in platform mode, bentos/platform_mode.py: owners' keys, multipart uploads with their own
+limits): the guard passes them through, bounding only the bytes actually streamed
+(`delegated_max_body_bytes`: e.g. a chunked upload without Content-Length).
 """
 
 from __future__ import annotations
@@ -46,12 +51,20 @@ class Guard:
     """Reject what must not reach the service: 401 (key), 415 (not JSON), 413 (too large)."""
 
     def __init__(self, app: ASGIApp, *, api_key: str | None, max_body_bytes: int,
-                 open_paths: frozenset[str] = OPEN_PATHS, retry_after_s: int = 1) -> None:
+                 open_paths: frozenset[str] = OPEN_PATHS, retry_after_s: int = 1,
+                 delegated_prefixes: tuple[str, ...] = (),
+                 delegated_max_body_bytes: int | None = None) -> None:
         self.app = app
         self._key = _digest(api_key) if api_key else None
         self.max_body_bytes = max_body_bytes
         self.open_paths = open_paths
         self.retry_after = str(retry_after_s).encode()
+        self.delegated = tuple(p.rstrip("/") for p in delegated_prefixes)
+        self.delegated_max_body_bytes = delegated_max_body_bytes
+
+    def is_delegated(self, path: str) -> bool:
+        """`/v1/files` covers `/v1/files` and `/v1/files/...`, not `/v1/filesystem`."""
+        return any(path == p or path.startswith(p + "/") for p in self.delegated)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,6 +73,9 @@ class Guard:
         send = self._with_retry_after(send)
         if scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
+            return
+        if self.is_delegated(scope["path"]):
+            await self._delegate(scope, receive, send)
             return
         openai = scope["path"].startswith(OPENAI_PREFIX)
         if self._key is not None and not self._authorized(scope):
@@ -79,6 +95,42 @@ class Guard:
         body = await self._read_body(scope, receive, send)
         if body is not None:
             await self.app(scope, _replay(body, receive), send)
+
+    async def _delegate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass through; past `delegated_max_body_bytes` streamed, the app sees a disconnect
+        and the client a 413 (unless the app had already answered)."""
+        limit = self.delegated_max_body_bytes
+        if limit is None or scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        size, over, started = 0, False, False
+
+        async def counted() -> Message:
+            nonlocal size, over
+            message = await receive()
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > limit:
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if over and not started:
+                return  # the app's answer to a cut-off body: ours (413) goes instead
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            log.warning("413 %s %s: body over %d bytes", scope["method"], scope["path"], limit)
+            await _reject(send, 413, f"request body too large: over {limit} bytes", openai=True,
+                          code="request_too_large")
 
     def _with_retry_after(self, send: Send) -> Send:
         """A `send` that adds `Retry-After` to a 503 answer that has none."""

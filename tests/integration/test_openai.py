@@ -140,6 +140,7 @@ def small(served_lm: Served, adapter_dir: Path) -> Iterator[Server]:
            "TUNESHIP_LLM_MAX_BATCH": "2", "TUNESHIP_LLM_MAX_QUEUE": "2",
            "TUNESHIP_LLM_REGISTRY_POLL_S": "1",
            "TUNESHIP_LLM_ADAPTERS": f"{ADAPTER}={adapter_dir}"}
+    env.pop("MLFLOW_TRACKING_URI")  # it follows the registry the bento recorded (llm_registry_uri)
     server = _start(env, served_lm.bentoml_home.parent / "small.log", f"{LM_NAME}:latest")
     try:
         _wait_ready(server, time.monotonic() + READY_TIMEOUT_S)

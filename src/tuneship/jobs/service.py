@@ -106,10 +106,16 @@ class JobsService:
         return job_view(self.job(owner, job_id))
 
     def jobs(self, owner: str, after: str | None, limit: int, metadata: dict[str, str]) -> dict:
-        rows = self.store.list_jobs(owner)
-        if metadata:
-            rows = [r for r in rows if all((r.meta or {}).get(k) == v for k, v in metadata.items())]
-        return page(rows, job_view, after, limit)
+        if metadata:  # filtered in Python (a JSON column): reads every job of the owner
+            rows = [r for r in self.store.list_jobs(owner)
+                    if all((r.meta or {}).get(k) == v for k, v in metadata.items())]
+            return page(rows, job_view, after, limit)
+        found = self.store.jobs_page(owner, after, limit)
+        if found is None:
+            raise ApiError(400, f"after: no such id {after!r} in this list", param="after")
+        rows, more = found
+        return {"object": "list", "data": [job_view(r) for r in rows], "has_more": more,
+                "first_id": rows[0].id if rows else None, "last_id": rows[-1].id if rows else None}
 
     def job(self, owner: str, job_id: str) -> Job:
         row = self.store.job(job_id, owner)

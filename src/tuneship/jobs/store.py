@@ -254,6 +254,19 @@ class Store:
         with self.read() as s:
             return list(s.scalars(select(Job).where(Job.owner_id == owner).order_by(Job.seq.desc())))
 
+    def jobs_page(self, owner: str, after: str | None, limit: int) -> tuple[list[Job], bool] | None:
+        """Newest first, the `limit` jobs after job `after`, and whether more follow; paged in
+        SQL, so a page costs the same however many jobs the owner has. None: no such `after`."""
+        with self.read() as s:
+            query = select(Job).where(Job.owner_id == owner)
+            if after:
+                seq = s.scalar(select(Job.seq).where(Job.id == after, Job.owner_id == owner))
+                if seq is None:
+                    return None
+                query = query.where(Job.seq < seq)
+            rows = list(s.scalars(query.order_by(Job.seq.desc()).limit(limit + 1)))
+            return rows[:limit], len(rows) > limit
+
     def jobs_in(self, statuses: Iterable[str]) -> list[Job]:
         """Oldest first (the queue's order)."""
         with self.read() as s:

@@ -1,0 +1,149 @@
+"""Platform mode end to end (bentos/platform_mode.py, `make serve-platform`): one base URL for
+inference, files and fine-tuning jobs. A real `bentoml serve` of the smoke_lm bento (conftest's
+`served_lm` builds it) started again with TUNESHIP_JOBS_CONFIG, a real jobs worker, the official
+`openai` client: upload → job → succeeded → `models.list()` has `fine_tuned_model` → a chat
+completion from it, with no restart.
+
+The allow-listed job model trains on exactly the served base's weights (the smoke_lm pipeline's
+`base_model/` folder: `model.pretrained=<it>`, `model.from_config=null`), so its adapter carries
+the served base's SHA-256 and the service loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from omegaconf import OmegaConf
+
+from tests.integration.conftest import (
+    API_KEY,
+    LM_NAME,
+    READY_TIMEOUT_S,
+    ROOT,
+    Served,
+    Server,
+    _start,
+    _stop,
+    _wait_ready,
+    isolated_env,
+)
+from tuneship.jobs.config import default_path, hash_key
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ALICE = "sk-alice-platform"
+FINAL = ("succeeded", "failed", "cancelled")
+PIRATE = ROOT / "tests" / "fixtures" / "pirate.jsonl"
+
+
+class Platform:
+    def __init__(self, server: Server, worker: subprocess.Popen, root: Path) -> None:
+        self.server, self.worker, self.root = server, worker, root
+        self.url = f"{server.url}/v1"
+
+    def client(self, key: str = API_KEY) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url, api_key=key, max_retries=0, timeout=60)
+
+    def logs(self) -> str:
+        parts = [p.read_text(errors="replace")[-3000:] for p in
+                 [self.server.log, self.root / "worker.log",
+                  *sorted((self.root / "jobs" / "work").glob("*/job.log"))] if p.is_file()]
+        return "\n---\n".join(parts)
+
+
+def jobs_config(root: Path, base_folder: str) -> Path:
+    """conf/jobs/default.yaml under `root`, owner alice, `tiny-llama-chat` on the served base."""
+    cfg = OmegaConf.load(default_path())
+    cfg.state_dir = str(root / "jobs")
+    cfg.keys = [{"owner": "alice", "sha256": hash_key(ALICE)}]
+    cfg.executor.poll_s = 0.2
+    cfg.models["tiny-llama-chat"].overrides = [
+        *cfg.models["tiny-llama-chat"].overrides,
+        f"model.pretrained={base_folder}", "model.from_config=null", "model.tokenizer=null"]
+    path = root / "jobs.yaml"
+    OmegaConf.save(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def platform(served_lm: Served, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("platform")
+    store = served_lm.bentoml_home.parent  # served_lm's own MLflow store, outputs, BentoML home
+    base = json.loads((store / "outputs" / "smoke_lm" / "model" / "base_model.json").read_text())
+    config = jobs_config(root, base["path"])
+    env = {**isolated_env(store), "TUNESHIP_JOBS_CONFIG": str(config)}
+    for name in ("TUNESHIP_JOBS_DB", "TUNESHIP_JOBS_DIR", "TUNESHIP_JOBS_API_KEY",
+                 "TUNESHIP_PLATFORM", "TUNESHIP_LLM_REGISTRY_POLL_S"):
+        env.pop(name, None)
+    with (root / "worker.log").open("w") as out:
+        worker = subprocess.Popen([sys.executable, "pipelines/jobs_worker.py", "--config",
+                                   str(config)], cwd=ROOT, env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    server = _start({**env, "TUNESHIP_API_KEY": API_KEY}, root / "platform.log", f"{LM_NAME}:latest")
+    p = Platform(server, worker, root)
+    try:
+        _wait_ready(server, time.monotonic() + READY_TIMEOUT_S)
+        assert worker.poll() is None, p.logs()
+        yield p
+    finally:
+        _stop(server)
+        _stop(Server("", worker, root / "worker.log"))
+
+
+def test_a_job_model_is_served_on_the_same_url_without_a_restart(platform):
+    c = platform.client()  # the service key: inference, and the jobs owner `default`
+    base = c.models.list().data[0].id
+    f = c.files.create(file=PIRATE.open("rb"), purpose="fine-tune")
+    assert f.rows == 48 and f.kind == "chat"
+    created = time.monotonic()
+    job = c.fine_tuning.jobs.create(model="tiny-llama-chat", training_file=f.id, suffix="pirate",
+                                    method={"type": "supervised", "supervised": {
+                                        "hyperparameters": {"n_epochs": 1}}})
+    deadline = created + 300
+    while (job := c.fine_tuning.jobs.retrieve(job.id)).status not in FINAL:
+        assert time.monotonic() < deadline, f"{job.id} still {job.status}\n{platform.logs()}"
+        time.sleep(0.3)
+    succeeded = time.monotonic()
+    assert job.status == "succeeded", (job.error, platform.logs())
+    model = job.fine_tuned_model
+    assert model == f"ft-tiny-llama-chat-pirate-{job.id.removeprefix('ftjob-')}"
+
+    while model not in {m.id for m in c.models.list()}:  # the registry poll (2 s) loads it
+        assert time.monotonic() < succeeded + 30, (c.models.list(), platform.logs())
+        time.sleep(0.2)
+    listed = time.monotonic()
+    card = c.models.retrieve(model)
+    assert card.parent == base and card.root.startswith(f"{model}/")
+    answer = c.chat.completions.create(model=model, max_tokens=8, temperature=0,
+                                       messages=[{"role": "user", "content": "Hello"}])
+    assert answer.model == model and answer.choices[0].message.content is not None
+    assert answer.usage.completion_tokens >= 1
+    print(f"\nplatform: create→succeeded {succeeded - created:.1f} s, succeeded→listed "
+          f"{listed - succeeded:.1f} s, create→first answer {time.monotonic() - created:.1f} s")
+    served = httpx.get(f"{platform.server.url}/model", timeout=10,
+                       headers={"authorization": f"Bearer {API_KEY}"}).json()["served"]
+    assert any(k.startswith(f"{model}/") for k in served["registered"]), served
+
+
+def test_inference_keeps_its_key_and_owners_keys_work_for_jobs(platform):
+    alice = platform.client(ALICE)
+    assert list(alice.files.list()) == []  # alice's own files (the service key's are not hers)
+    f = alice.files.create(file=PIRATE.open("rb"), purpose="fine-tune")
+    assert [x.id for x in alice.files.list()] == [f.id]
+    assert f.id not in {x.id for x in platform.client().files.list()}
+    alice.files.delete(f.id)
+    with pytest.raises(openai.AuthenticationError):
+        alice.completions.create(model=LM_NAME, prompt="ROMEO:", max_tokens=2)
+    with pytest.raises(openai.AuthenticationError):
+        platform.client("sk-wrong").completions.create(model=LM_NAME, prompt="ROMEO:",
+                                                       max_tokens=2)
+    with pytest.raises(openai.AuthenticationError):
+        platform.client("sk-wrong").fine_tuning.jobs.list()
+    ok = platform.client().completions.create(model=LM_NAME, prompt="ROMEO:", max_tokens=2)
+    assert ok.choices[0].text is not None
