@@ -19,6 +19,13 @@ the bento, the bento decoding one request at a time, and `transformers serve
 --continuous-batching` on the same weights (see "The OpenAI routes" below; JSON:
 generate_load_openai.json). `--adapter-ab` measures LoRA adapters mixed in one forward against
 one forward per adapter group, in process.
+
+`--base-dir DIR --adapter-dir DIR` serves a base model folder plus a LoRA adapter without a built
+bento or the registry: the base goes into the BentoML store as a model of its own, this checkout's
+`bentos/generation.py` serves it (`bentoml serve --working-dir bentos`) with the adapter from
+TUNESHIP_LLM_ADAPTERS, the clients name the adapter, and transformers serve gets the same weights
+merged (base + adapter, `merge_and_unload`). `--before-engine FILE` adds `tuneship-before`: the
+same service with that engine.py instead. `--prompt-tokens N` sends prompts of exactly N tokens.
 """
 
 from __future__ import annotations
@@ -215,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
 # the first text p50/p99, inter-chunk gap p50, errors by kind, and the peak RSS of the server's
 # process tree.
 
-VARIANTS = ("tuneship", "one-at-a-time", "transformers-serve")
+VARIANTS = ("tuneship", "tuneship-before", "one-at-a-time", "transformers-serve")
 
 
 @dataclass
@@ -240,6 +247,17 @@ def add_openai_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--model-dir", type=Path,
                         help="weights + tokenizer for transformers serve (default: the bento's)")
+    parser.add_argument("--base-dir", type=Path,
+                        help="serve this base model folder (weights + tokenizer) from the "
+                             "checkout's bentos/ instead of a built bento")
+    parser.add_argument("--adapter-dir", type=Path,
+                        help="with --base-dir: a LoRA adapter served beside it; clients ask for "
+                             "it by name and transformers serve gets base + adapter merged")
+    parser.add_argument("--adapter-name", default="shakespeare")
+    parser.add_argument("--before-engine", type=Path,
+                        help="with --base-dir: variant tuneship-before runs this engine.py")
+    parser.add_argument("--prompt-tokens", type=int,
+                        help="prompts of exactly this many tokens (else speaker lines)")
     parser.add_argument("--adapter-ab", action="store_true",
                         help="in-process A/B of LoRA adapters mixed in one forward vs one "
                              "forward per adapter group (bentos/engine.py adapter_mode)")
@@ -340,7 +358,10 @@ async def drive_openai(url: str, model: str, prompts: list[str], variant: str, c
     return level
 
 
-def variant_command(variant: str, bento: str, port: int, folder: Path) -> tuple[list[str], dict]:
+def variant_command(variant: str, bento: str, port: int, folder: Path,
+                    source: dict[str, Path] | None = None) -> tuple[list[str], dict]:
+    """The command line and environment of one variant. `source`: variant -> a bentos/ folder to
+    serve from (--base-dir) instead of the built bento."""
     if variant == "transformers-serve":
         exe = str(Path(sys.executable).with_name("transformers"))
         # The same KV room as the engine's default budget (32 blocks of 256 = 8192 tokens):
@@ -350,14 +371,123 @@ def variant_command(variant: str, bento: str, port: int, folder: Path) -> tuple[
                 "--cb-max-batch-tokens", "2048", "--host", "127.0.0.1", "--port", str(port),
                 "--log-level", "warning"], {}
     env = {"TUNESHIP_LLM_MAX_BATCH": "1"} if variant == "one-at-a-time" else {}
+    if source:
+        tree = source.get(variant, source["tuneship"])
+        return [str(Path(sys.executable).with_name("bentoml")), "serve", "generation:TuneshipLM",
+                "--working-dir", str(tree), "--host", "127.0.0.1", "--port", str(port)], env
     return bento_command(bento, port), env
+
+
+BENCH_MODEL = "tuneship-bench-base"
+
+
+def stored_base(base_dir: Path) -> str:
+    """`base_dir` as a model in the BentoML store (once per folder): the metadata the LM service
+    reads (the registered model's, with this project's inference defaults)."""
+    import hashlib
+    import shutil
+
+    import bentoml
+
+    digest = hashlib.sha256(str(base_dir.resolve()).encode()).hexdigest()[:12]
+    with contextlib.suppress(bentoml.exceptions.NotFound):
+        for model in bentoml.models.list(BENCH_MODEL):
+            if model.info.labels.get("folder") == digest:
+                return str(model.tag)
+    meta = {"name": BENCH_MODEL, "version": "1", "alias": "bench", "task": "text-generation",
+            "transformers": {"model": "model", "tokenizer": "model", "torch_dtype": "float32"},
+            "generation": {"max_new_tokens": 64, "repetition_penalty": 1.1},
+            "metrics": {}, "lineage": {"base_dir": str(base_dir.resolve())}}
+    with bentoml.models.create(BENCH_MODEL, metadata=meta, labels={"folder": digest}) as model:
+        target = Path(model.path) / "model"
+        target.mkdir()
+        for item in base_dir.iterdir():
+            if item.is_file():
+                try:
+                    os.link(item, target / item.name)
+                except OSError:
+                    shutil.copy2(item, target / item.name)
+    return str(model.tag)
+
+
+def merged_folder(base_dir: Path, adapter_dir: Path, into: Path) -> Path:
+    """Base + adapter merged into one folder (weights and tokenizer), made once."""
+    if (into / "config.json").is_file():
+        return into
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    tmp = into.with_name(into.name + ".partial")
+    merged.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(tmp)
+    tmp.rename(into)
+    return into
+
+
+def source_tree(engine: Path | None, into: Path) -> Path:
+    """A snapshot of this checkout's bentos/ (with `engine` as engine.py when given), so edits
+    made while the benchmark runs do not reach the servers."""
+    import shutil
+
+    if into.exists():
+        shutil.rmtree(into)
+    shutil.copytree(ROOT / "bentos", into, ignore=shutil.ignore_patterns("__pycache__"))
+    if engine is not None:
+        shutil.copy2(engine, into / "engine.py")
+    return into
+
+
+def token_prompts(tokenizer_dir: Path, tokens: int, limit: int = 500) -> list[str]:
+    """Tiny Shakespeare passages of exactly `tokens` tokens (starting at a line), as text."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    text = SHAKESPEARE.read_text(encoding="utf-8") if SHAKESPEARE.is_file() else \
+        " ".join(f"SPEAKER {i}: words and more words." for i in range(20000))
+    prompts, offset = [], 0
+    while len(prompts) < limit and offset < len(text):
+        start = text.find("\n", offset) + 1
+        if start <= 0:
+            break
+        ids = tokenizer(text[start:start + tokens * 8])["input_ids"][:tokens]
+        prompt = tokenizer.decode(ids)
+        if len(tokenizer(prompt)["input_ids"]) == tokens:
+            prompts.append(prompt)
+        offset = start + len(prompt)
+    return prompts
 
 
 def openai_main(args: argparse.Namespace) -> None:
     bento = args.bento or f"{args.model.lower()}:latest"
-    prompts = load_prompts()
     args.log.parent.mkdir(parents=True, exist_ok=True)
-    folder = args.model_dir or served_folder(bento, Path(tempfile.mkdtemp(prefix="tuneship-w-")))
+    source: dict[str, Path] | None = None
+    env_all: dict[str, str] = {}
+    ours = args.model
+    if args.base_dir:  # the checkout's service on a base folder (+ adapter), no built bento
+        tag = stored_base(args.base_dir)
+        source = {"tuneship": source_tree(None, args.log.parent / "bentos-now")}
+        if "tuneship-before" in args.variants:
+            if not args.before_engine:
+                raise SystemExit("variant tuneship-before needs --before-engine FILE")
+            source["tuneship-before"] = source_tree(args.before_engine,
+                                                    args.log.parent / "bentos-before")
+        env_all["TUNESHIP_MODEL_TAG"] = tag
+        ours = BENCH_MODEL
+        folder = args.base_dir
+        if args.adapter_dir:
+            env_all["TUNESHIP_LLM_ADAPTERS"] = f"{args.adapter_name}={args.adapter_dir.resolve()}"
+            ours = args.adapter_name
+            folder = merged_folder(args.base_dir, args.adapter_dir,
+                                   args.log.parent / f"merged-{args.adapter_name}")
+        bento = f"{tag} + {args.adapter_name}" if args.adapter_dir else tag
+        folder = args.model_dir or folder
+    else:
+        folder = args.model_dir or served_folder(bento,
+                                                 Path(tempfile.mkdtemp(prefix="tuneship-w-")))
+    prompts = token_prompts(folder, args.prompt_tokens) if args.prompt_tokens else load_prompts()
     hf_home = Path(tempfile.mkdtemp(prefix="tuneship-hf-"))
     (hf_home / "hub").mkdir()  # transformers serve answers 500 without a hub cache folder
     levels: list[StreamLevel] = []
@@ -366,14 +496,13 @@ def openai_main(args: argparse.Namespace) -> None:
         up = {}
         for variant in args.variants:
             port = free_port()
-            cmd, env = variant_command(variant, bento, port, folder)
+            cmd, env = variant_command(variant, bento, port, folder, source)
             log = args.log.with_name(f"openai-{variant}.log")
             print(f"-- {variant}: starting (log {log})", flush=True)
             url, proc, starts[variant] = servers.enter_context(serving(
-                cmd, {**env, "HF_HOME": str(hf_home)}, port, log,
+                cmd, {**env_all, **env, "HF_HOME": str(hf_home)}, port, log,
                 "/health" if variant == "transformers-serve" else "/readyz", args.ready_timeout))
-            up[variant] = (url, proc, str(folder) if variant == "transformers-serve"
-                           else args.model)
+            up[variant] = (url, proc, str(folder) if variant == "transformers-serve" else ours)
         for variant, (url, proc, model) in up.items():  # transformers' CB sets up on first use
             asyncio.run(drive_openai(url, model, prompts, variant, 4, 5, args.max_new_tokens,
                                      proc.pid))
@@ -385,9 +514,11 @@ def openai_main(args: argparse.Namespace) -> None:
             print(f"   c={concurrency:<3} done", flush=True)
     levels.sort(key=lambda lv: args.variants.index(lv.variant))
     rows = openai_rows(levels)
-    print(f"\n{bento}, /v1/completions streamed, greedy, max_tokens {args.max_new_tokens}, "
-          f"{args.duration:.0f} s per level, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.2f}\n")
+    shape = (f"{args.prompt_tokens}-token prompts" if args.prompt_tokens
+             else "speaker-line prompts")
+    print(f"\n{bento}, /v1/completions streamed, greedy, {shape}, max_tokens "
+          f"{args.max_new_tokens}, {args.duration:.0f} s per level, {os.cpu_count()} CPUs, load "
+          f"average {os.getloadavg()[0]:.2f}\n")
     print(openai_report(rows))
     ratios = openai_ratios(levels)
     for line in ratios:
@@ -396,6 +527,7 @@ def openai_main(args: argparse.Namespace) -> None:
     where = results.write("generate_load_openai", rows, {
         "formats": {"tokens/s": "{:.1f}"}, "note": args.note, "notes": ratios,
         "bento": bento, "max_tokens": args.max_new_tokens, "duration_s": args.duration,
+        "prompt_tokens": args.prompt_tokens, "adapter": str(args.adapter_dir or ""),
         "ready_s": starts}, args.json.with_name("generate_load_openai.json")
         if args.json == results.default_path("generate_load") else args.json)
     print(f"\nwrote {where}")
@@ -420,15 +552,20 @@ def openai_report(rows: list[dict]) -> str:
 
 
 def openai_ratios(levels: list[StreamLevel]) -> list[str]:
-    """tokens/s of the engine over each other variant, per concurrency (same run)."""
+    """tokens/s of the engine over each other variant, per concurrency (same run), and of the
+    engine at each concurrency over its own c=1."""
     rate = {(lv.variant, lv.concurrency): lv.tokens / lv.seconds for lv in levels}
     lines = []
-    for other in ("one-at-a-time", "transformers-serve"):
+    for other in VARIANTS[1:]:
         pairs = [(c, rate[("tuneship", c)] / rate[(other, c)]) for (v, c) in rate
                  if v == other and ("tuneship", c) in rate and rate[(other, c)] > 0]
         if pairs:
             lines.append(f"tuneship / {other} tokens/s: " +
                          ", ".join(f"c={c} {r:.2f}x" for c, r in pairs))
+    own = {c: r for (v, c), r in rate.items() if v == "tuneship"}
+    if own.get(1):
+        lines.append("tuneship at c / tuneship at c=1 tokens/s: " +
+                     ", ".join(f"c={c} {r / own[1]:.2f}x" for c, r in own.items() if c != 1))
     return lines
 
 

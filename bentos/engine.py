@@ -2,8 +2,8 @@
 
 Requests share forward passes. A request joins the running batch at the next decode step (its
 prompt is prefilled, padded together with the others that arrived since the last step, and its
-KV cache is merged into the batch's), and a finished or cancelled one leaves at once (its rows
-are dropped from the cache). One background thread runs the loop; callers never run `generate`.
+KV cache is copied into the batch's), and a finished or cancelled one leaves at once. One
+background thread runs the loop; callers never run `generate`.
 
     engine = Engine(model, tokenizer, adapters={"poet": "/path/to/lora"}, kv_budget_tokens=8192)
     stream = engine.submit(Request(prompt_ids, SamplingParams(max_tokens=32), adapter="poet"))
@@ -11,24 +11,31 @@ are dropped from the cache). One background thread runs the loop; callers never 
         ...
     engine.generate(Request(...))    # the same, blocking: a Result
 
-Why not transformers' own `ContinuousBatchingManager` (`init_continuous_batching`, paged cache)?
-It takes no per-request adapter, and on this project's 2-core CPU it ran SmolLM2-135M at 0.58x
-the tokens/s of a plain left-padded batched `generate` (16 prompts x 32 tokens: 86-97 vs
-140-167 tokens/s, transformers 5.23, fp32, sdpa; bentos/README.md). So the batch here is a
-left-padded `DynamicCache` plus a 2-D attention mask, with per-row `position_ids`:
+The batch (not transformers' paged `ContinuousBatchingManager`: it takes no per-request adapter
+and measured slower here, see bentos/README.md) is a set of left-padded rows with per-row
+`position_ids` and a 2-D attention mask, over one preallocated KV slab per layer:
 
-- all rows end at the same cache column, so the cache is as long as its longest row; columns
-  that are padding in every row are cut off whenever rows leave;
+- all rows end at the same slab column; a decode step writes that column in place (no
+  concatenation of the cache), the mask gains one column in place; a joining row is written into
+  a free slab row, a leaving row is replaced by the last one, and columns that are padding in
+  every row are skipped; the slabs are re-allocated (one copy) only when rows or columns run out;
 - memory is bounded by `kv_budget_tokens`: a request is admitted only while
-  rows x longest possible row (prompt + max_tokens) stays within it, so the padded cache can
-  never outgrow the budget; the rest wait in a bounded queue (`max_queue`; beyond: `EngineFull`,
-  which the HTTP layer answers 429/503 with Retry-After);
-- LoRA adapters (peft) are chosen per request: a batch mixing adapters runs as one forward with
-  peft's `adapter_names=[...]` per row ("__base__" for the base model); a batch of a single
-  adapter uses `set_adapter` (or `disable_adapter` for the base) and no per-row hooks.
-  `adapter_mode="grouped"` instead keeps one batch per adapter and runs one forward per group
-  (kept for the A/B in benchmarks/generate_load.py --adapter-ab; mixed is the default because it
-  measured faster, see bentos/README.md);
+  rows x longest possible row (prompt + max_tokens) stays within it; the rest wait in a bounded
+  queue (`max_queue`; beyond: `EngineFull`, which the HTTP layer answers 429/503 with
+  Retry-After);
+- prompts are prefilled in passes of at most `max_prefill_tokens` padded tokens; a longer prompt
+  is prefilled in chunks, one per step, so the running rows keep decoding meanwhile;
+- LoRA adapters (peft) are chosen per request. A batch whose rows all use one adapter runs with
+  that adapter merged into the base weights (`merge_adapter`), so it costs what the base model
+  costs; the merge is undone (`unmerge_adapter`) only when the batch's adapter set changes. A
+  batch mixing adapters runs unmerged as one forward with peft's `adapter_names=[...]` per row
+  ("__base__" for the base model). Unmerging restores the base weights up to float rounding (an
+  element may differ from the loaded value in its last bit). `merge_adapters=False` keeps
+  single-adapter batches unmerged (`set_adapter`); `adapter_mode="grouped"` keeps one batch per
+  adapter and runs one forward per group (both kept for A/B measurements);
+- on a CPU, in float32, the weights of the linear layers are stored transposed (column-major,
+  the same values), the layout torch's CPU GEMM handles best for the few rows of a decode batch
+  (`cpu_weight_layout`; bentos/README.md has the measurements);
 - sampling per row: greedy, or temperature + top_p with the request's own `torch.Generator`
   (a seed makes it repeat); stop strings end the text before the first one (a possible start of
   one is held back while streaming); `max_tokens`; end-of-sequence tokens; repetition,
@@ -43,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import queue
 import random
@@ -171,6 +179,31 @@ class _AsyncSink:
             return False
 
 
+def _deliver(items: list[tuple[asyncio.Queue, Delta]]) -> None:
+    for target, delta in items:
+        target.put_nowait(delta)
+
+
+class _Outbox:
+    """The deltas of one engine step, handed to each event loop in one call (one wake-up)."""
+
+    def __init__(self) -> None:
+        self.items: dict[asyncio.AbstractEventLoop, list[tuple[_Seq, Delta]]] = {}
+
+    def add(self, seq: _Seq, delta: Delta) -> None:
+        self.items.setdefault(seq.sink.loop, []).append((seq, delta))
+
+    def flush(self) -> list[_Seq]:
+        """Deliver everything; the requests nobody listens to any more (their loop closed)."""
+        items, self.items, gone = self.items, {}, []
+        for loop, pairs in items.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, [(s.sink.queue, d) for s, d in pairs])
+            except RuntimeError:  # the loop is closed
+                gone.extend(s for s, d in pairs if d.finish_reason is None)
+        return gone
+
+
 class _SyncSink:
     def __init__(self) -> None:
         self.queue: queue.Queue[Delta] = queue.Queue()
@@ -254,72 +287,177 @@ class _Seq:
             self.generator = torch.Generator(device=device)
             seed = self.params.seed if self.params.seed is not None else random.getrandbits(63)
             self.generator.manual_seed(seed)
+        # the distinct tokens seen so far (prompt + generated), for the repetition penalty
+        self.seen: set[int] | None = None
+        self.seen_ids: list[int] = []
+        if self.params.repetition_penalty != 1.0:
+            self.seen = set(request.prompt_ids)
+            self.seen_ids = sorted(self.seen)
+
+    def saw(self, token: int) -> None:
+        if self.seen is not None and token not in self.seen:
+            self.seen.add(token)
+            self.seen_ids.append(token)
+
+
+@functools.cache
+def _slab_layer() -> type:
+    """A transformers cache layer that reads and writes its batch's preallocated slab."""
+    from transformers.cache_utils import DynamicLayer
+
+    class SlabLayer(DynamicLayer):
+        def __init__(self, batch: _Batch, index: int) -> None:
+            super().__init__()
+            self.batch, self.index = batch, index
+            self.dtype, self.device = batch.keys[index].dtype, batch.keys[index].device
+            self.is_initialized = True
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            b, rows, q = self.batch, key_states.shape[0], key_states.shape[-2]
+            keys, values = b.keys[self.index], b.values[self.index]
+            keys[:rows, :, b.end:b.end + q] = key_states
+            values[:rows, :, b.end:b.end + q] = value_states
+            self.keys = keys[:rows, :, b.start:b.end + q]
+            self.values = values[:rows, :, b.start:b.end + q]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.batch.end - self.batch.start
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.get_seq_length() + query_length, 0
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            raise NotImplementedError("rows leave through _Batch.drop")
+
+    return SlabLayer
 
 
 class _Batch:
-    """Rows decoded together: a left-padded DynamicCache and its attention mask."""
+    """Rows decoded together: one preallocated KV slab per layer, rows right-aligned in it.
 
-    def __init__(self, key: str | None) -> None:
+    Row i of `rows` is row i of every slab ([row capacity, kv heads, columns, head dim]) and of
+    `mask_buf`; every row's last token is at column `end - 1`, and `start` is the first column
+    any row uses. A decode step writes column `end` of every slab in place. Joining rows go into
+    free slab rows, left-padded to `end`; a leaving row is overwritten by the last row; columns
+    that are padding in every row are skipped by moving `start`. The slabs are re-allocated (one
+    copy) only when rows or columns run out; their size stays within the KV budget.
+    """
+
+    SLACK = 8  # spare columns at a re-allocation
+
+    def __init__(self, key: str | None, max_rows: int, kv_budget: int) -> None:
         self.key = key  # the adapter of every row (grouped mode), or None (mixed)
+        self.max_rows, self.kv_budget = max_rows, kv_budget
         self.rows: list[_Seq] = []
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.mask_buf: torch.Tensor | None = None
+        self.start = self.end = 0
         self.cache: Any = None
-        self.mask: torch.Tensor | None = None
+        self.reallocations = 0
 
     @property
     def longest_reserved(self) -> int:
         return max((r.reserved for r in self.rows), default=0)
 
+    @property
+    def mask(self) -> torch.Tensor:
+        """[rows, end - start]: 1 where a row has a token."""
+        return self.mask_buf[:len(self.rows), self.start:self.end]
+
+    @property
+    def capacity(self) -> tuple[int, int]:
+        return (0, 0) if self.mask_buf is None else tuple(self.mask_buf.shape)
+
+    def _allocate(self, rows: int, width: int, like: tuple[torch.Tensor, ...],
+                  joining: list[_Seq]) -> None:
+        """New slabs for `rows` rows of `width` columns and room to grow; the rows there now
+        are copied in, right-aligned at column `width`."""
+        everyone = [*self.rows, *joining]
+        grow = max(s.reserved - s.length for s in everyone)
+        columns = max(width + 1, min(width + grow, max(s.reserved for s in everyone)))
+        columns += self.SLACK
+        spare = self.kv_budget // columns if columns else rows
+        row_cap = max(rows, min(self.max_rows, 2 * rows, spare))
+        old_width, n = self.end - self.start, len(self.rows)
+        keys, values = [], []
+        for i, ref in enumerate(like):
+            shape = (row_cap, ref.shape[1], columns, ref.shape[3])
+            k, v = ref.new_zeros(shape), ref.new_zeros(shape)
+            if n:
+                k[:n, :, width - old_width:width] = self.keys[i][:n, :, self.start:self.end]
+                v[:n, :, width - old_width:width] = self.values[i][:n, :, self.start:self.end]
+            keys.append(k)
+            values.append(v)
+        mask = torch.zeros((row_cap, columns), dtype=torch.long, device=like[0].device)
+        if n:
+            mask[:n, width - old_width:width] = self.mask
+        self.keys, self.values, self.mask_buf = keys, values, mask
+        self.start, self.end = width - old_width if n else width, width
+        layer = _slab_layer()
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache()
+        self.cache.layers = [layer(self, i) for i in range(len(keys))]
+        self.reallocations += 1
+
     def merge(self, cache: Any, mask: torch.Tensor, rows: list[_Seq]) -> None:
-        """Append rows whose prefill produced `cache`/`mask` (same right-aligned layout)."""
-        if not self.rows:
-            self.cache, self.mask, self.rows = cache, mask, list(rows)
-            self.trim()
-            return
-        width = max(self.mask.shape[1], mask.shape[1])
-        ours, theirs = _layers(self.cache), _layers(cache)
-        for a, b in zip(ours, theirs, strict=True):
-            a.keys = torch.cat([_pad_left(a.keys, width), _pad_left(b.keys, width)])
-            a.values = torch.cat([_pad_left(a.values, width), _pad_left(b.values, width)])
-        self.mask = torch.cat([_pad_left_2d(self.mask, width), _pad_left_2d(mask, width)])
+        """Add rows whose prefill produced `cache`/`mask` (right-aligned, [rows, columns])."""
+        new_keys = [layer.keys for layer in _layers(cache)]
+        new_values = [layer.values for layer in _layers(cache)]
+        first = _first_used(mask)
+        width = mask.shape[1] - first
+        n, count = len(self.rows), len(rows)
+        row_cap, columns = self.capacity
+        if not (n and n + count <= row_cap and width <= self.end and self.end < columns):
+            self._allocate(n + count, max(self.end - self.start if n else 0, width),
+                           tuple(new_keys), rows)
+        lo, hi, col = n, n + count, self.end - width
+        for i in range(len(self.keys)):
+            self.keys[i][lo:hi, :, col:self.end] = new_keys[i][..., first:, :]
+            self.values[i][lo:hi, :, col:self.end] = new_values[i][..., first:, :]
+        self.mask_buf[lo:hi] = 0
+        self.mask_buf[lo:hi, col:self.end] = mask[:, first:]
+        self.start = min(self.start, col)
         self.rows.extend(rows)
-        self.trim()
 
-    def keep(self, indices: list[int]) -> None:
-        """Keep only these rows (the others finished or left)."""
-        if len(indices) == len(self.rows):
-            return
-        self.rows = [self.rows[i] for i in indices]
+    def drop(self, indices: Iterable[int]) -> None:
+        """Remove these rows (finished or cancelled): the last row takes each one's place."""
+        for i in sorted(set(indices), reverse=True):
+            last = len(self.rows) - 1
+            if i != last:
+                for buffers in (self.keys, self.values):
+                    for slab in buffers:
+                        slab[i] = slab[last]
+                self.mask_buf[i] = self.mask_buf[last]
+                self.rows[i] = self.rows[last]
+            self.rows.pop()
         if not self.rows:
-            self.cache = self.mask = None
+            self.keys, self.values, self.mask_buf, self.cache = [], [], None, None
+            self.start = self.end = 0
             return
-        index = torch.tensor(indices, device=self.mask.device)
-        self.cache.batch_select_indices(index)
-        self.mask = self.mask[index]
-        self.trim()
+        self.start += _first_used(self.mask)
 
-    def trim(self) -> None:
-        """Cut the leading columns that are padding in every row."""
-        used = self.mask.any(dim=0)
-        first = int(used.to(torch.int8).argmax())
-        if first > 0:
-            for layer in _layers(self.cache):
-                layer.keys = layer.keys[..., first:, :]
-                layer.values = layer.values[..., first:, :]
-            self.mask = self.mask[:, first:]
+    def next_column(self) -> None:
+        """Make room for one more token per row and mark it in the mask (before a decode)."""
+        if self.end >= self.capacity[1]:
+            self._allocate(len(self.rows), self.end - self.start, tuple(self.keys), [])
+        self.mask_buf[:len(self.rows), self.end] = 1
+
+    def advance(self) -> None:
+        """After a decode: every row has one more token at column `end`."""
+        self.end += 1
+
+
+def _first_used(mask: torch.Tensor) -> int:
+    """The first column of a [rows, columns] mask that is not padding in every row."""
+    return int(mask.any(dim=0).to(torch.int8).argmax())
 
 
 def _layers(cache: Any) -> list[Any]:
     return list(cache.layers)
-
-
-def _pad_left(x: torch.Tensor, width: int) -> torch.Tensor:
-    pad = width - x.shape[-2]
-    return x if pad == 0 else torch.nn.functional.pad(x, (0, 0, pad, 0))
-
-
-def _pad_left_2d(mask: torch.Tensor, width: int) -> torch.Tensor:
-    pad = width - mask.shape[1]
-    return mask if pad == 0 else torch.nn.functional.pad(mask, (pad, 0))
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
@@ -333,6 +471,75 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
     return best
 
 
+def _cpu_weight_layout(model: Any) -> int:
+    """Store each linear layer's weight transposed (column-major, same values) on a CPU.
+
+    `F.linear` then multiplies by a row-major weight^T (the layout torch's CPU GEMM handles best
+    for a few rows; bentos/README.md). The values move within the weight's own storage, so no
+    second copy stays behind. Tied weights (the embeddings and the LM head) are one parameter:
+    converted once. Small matrices (LoRA factors) are left as they are. Returns how many
+    weights were converted.
+    """
+    converted, seen = 0, set()
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        weight = module.weight
+        if id(weight) in seen or weight.device.type != "cpu" or weight.dim() != 2:
+            continue
+        seen.add(id(weight))
+        rows, cols = weight.shape
+        if min(rows, cols) < 64 or weight.stride() == (1, rows):
+            continue
+        data = weight.data
+        if data.is_contiguous():  # in place: no second copy of the weights (nor of a mapping)
+            flat = data.view(-1)
+            flat.copy_(data.t().contiguous().view(-1))
+            weight.data = flat.view(cols, rows).t()
+        else:
+            weight.data = data.t().contiguous().t()
+        converted += 1
+    return converted
+
+
+class _Prefill:
+    """Prompts admitted together, left-padded into one [rows, width] matrix, prefilled in one or
+    more passes of at most `chunk` columns (a long prompt spreads over several steps)."""
+
+    def __init__(self, key: str | None, seqs: list[_Seq], pad_id: int, device: str,
+                 max_tokens: int) -> None:
+        from transformers import DynamicCache
+
+        self.key, self.seqs = key, seqs
+        width = max(s.prompt_len for s in seqs)
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            ids[i, width - seq.prompt_len:] = torch.tensor(seq.request.prompt_ids)
+            mask[i, width - seq.prompt_len:] = 1
+        self.ids, self.mask = ids.to(device), mask.to(device)
+        self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.cache = DynamicCache()
+        self.done = _first_used(self.mask)  # columns already in the cache (leading padding)
+        self.chunk = max(1, max_tokens // len(seqs))
+
+    @property
+    def width(self) -> int:
+        return self.ids.shape[1]
+
+    def next_slice(self) -> slice:
+        return slice(self.done, min(self.width, self.done + self.chunk))
+
+    def remove(self, keep: list[int]) -> None:
+        """Keep only these rows (the others were cancelled)."""
+        index = torch.tensor(keep, device=self.ids.device)
+        self.seqs = [self.seqs[i] for i in keep]
+        self.ids, self.mask, self.positions = self.ids[index], self.mask[index], \
+            self.positions[index]
+        if self.done and self.cache.get_seq_length():
+            self.cache.batch_select_indices(index)
+
+
 # --- the engine ---------------------------------------------------------------------------------
 
 
@@ -340,7 +547,9 @@ class Engine:
     """Continuous batching over `model` (a causal LM, or a peft model with LoRA adapters).
 
     Args:
-        model: a transformers causal LM (or a `PeftModel` around one), in eval mode.
+        model: a transformers causal LM (or a `PeftModel` around one), in eval mode. The engine
+            owns it from here: it moves it, may re-lay its weights out (`cpu_weight_layout`) and
+            merges adapters into it.
         tokenizer: its tokenizer (decoding and the end-of-sequence ids).
         adapters: LoRA adapters to load, name -> folder (more later with `add_adapter`).
         kv_budget_tokens: most KV-cache tokens (rows x padded length) the running batch may hold.
@@ -349,8 +558,12 @@ class Engine:
         device, dtype: where and in which precision to run (the model is moved there).
         threads: torch intra-op threads for the engine thread (None: leave torch's setting).
         max_model_len: the context length (default: the config's `max_position_embeddings`).
-        max_prefill_tokens: most padded prompt tokens prefilled in one forward pass.
+        max_prefill_tokens: most padded prompt tokens prefilled in one forward pass (a longer
+            prompt is prefilled in chunks of that size, one per step).
         adapter_mode: "mixed" (one forward for any mix of adapters) or "grouped".
+        merge_adapters: run a batch of one adapter with it merged into the base weights.
+        cpu_weight_layout: store linear weights transposed for the CPU GEMM (None: on a CPU in
+            float32).
         observer: metric callbacks.
         model_name: the base model's name (for the observer and `stats`).
     """
@@ -361,6 +574,7 @@ class Engine:
                  threads: int | None = None, max_model_len: int | None = None,
                  eos_token_ids: Iterable[int] | None = None, max_prefill_tokens: int = 2048,
                  adapter_mode: Literal["mixed", "grouped"] = "mixed",
+                 merge_adapters: bool = True, cpu_weight_layout: bool | None = None,
                  observer: Observer | None = None, model_name: str = "model") -> None:
         if adapter_mode not in ("mixed", "grouped"):
             raise ValueError(f"adapter_mode must be mixed or grouped (got {adapter_mode!r})")
@@ -373,6 +587,11 @@ class Engine:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_prefill_tokens = max_prefill_tokens
         self.adapter_mode = adapter_mode
+        self.merge_adapters = merge_adapters
+        if cpu_weight_layout is None:
+            weight = next(model.parameters())
+            cpu_weight_layout = weight.device.type == "cpu" and weight.dtype == torch.float32
+        self.cpu_weight_layout = cpu_weight_layout
         self.threads = threads
         self.observer = observer or Observer()
         self.model_name = model_name
@@ -385,15 +604,21 @@ class Engine:
             min(self.eos_ids) if self.eos_ids else 0)
         self.adapters: dict[str, str] = {}
         self._active: str | None = None  # the adapter set with set_adapter (peft)
+        self._merged: str | None = None  # the adapter merged into the base weights
+        self._adapters_enabled: bool | None = None  # peft's adapter layers on (None: unknown)
         self._cv = threading.Condition()
         self._waiting: collections.deque[_Seq] = collections.deque()
         self._cancelled: set[str] = set()
         self._commands: list[Callable[[], None]] = []
         self._batches: dict[str | None, _Batch] = {}
+        self._prefills: list[_Prefill] = []   # engine thread only
         self._running_ids: set[str] = set()
-        self._prefilling: list[_Seq] = []
+        self._prefilling: list[_Seq] = []     # admitted, not in a batch yet (under _cv)
+        self._outbox = _Outbox()
         self._stopped = False
         self._counters = collections.Counter()
+        if self.cpu_weight_layout:
+            self._counters["weights_transposed"] = _cpu_weight_layout(self.model)
         for name, path in (adapters or {}).items():
             self._load_adapter(name, path)
         self._thread = threading.Thread(target=self._run, name="tuneship-engine", daemon=True)
@@ -445,7 +670,8 @@ class Engine:
                     "kv_tokens_bound": self._kv_bound(), "kv_budget_tokens": self.kv_budget,
                     "max_batch": self.max_batch, "max_queue": self.max_queue,
                     "max_model_len": self.max_model_len, "adapters": sorted(self.adapters),
-                    "adapter_mode": self.adapter_mode, **self._counters}
+                    "adapter_mode": self.adapter_mode, "merged_adapter": self._merged,
+                    **self._counters}
 
     def add_adapter(self, name: str, path: str) -> None:
         """Load a LoRA adapter (between two steps); requests may name it as soon as this returns."""
@@ -457,11 +683,13 @@ class Engine:
             if name not in self.adapters:
                 raise UnknownAdapter(f"no adapter named {name!r}")
             busy = [s for b in self._batches.values() for s in b.rows if s.adapter == name]
+            busy += [s for p in self._prefills for s in p.seqs if s.adapter == name]
             if busy or any(s.adapter == name for s in self._waiting):
                 raise InvalidRequest(f"adapter {name!r} is in use by running or waiting requests")
+            self._unmerge()
             self.model.delete_adapter(name)
             del self.adapters[name]
-            self._active = None
+            self._active = self._adapters_enabled = None
         self._call(remove)
 
     def close(self, timeout: float = 10.0) -> None:
@@ -566,8 +794,13 @@ class Engine:
             admitted = [self._waiting.popleft()
                         for _ in range(self._plan(list(self._waiting), prefill_limit=True))]
             self._running_ids.update(seq.id for seq in admitted)
-            self._prefilling = admitted
+            self._prefilling.extend(admitted)
         return admitted
+
+    def _prefilled(self) -> None:
+        """Recompute who is admitted but not in a batch (after prefill passes)."""
+        with self._cv:
+            self._prefilling = [s for p in self._prefills for s in p.seqs]
 
     # -- the loop (engine thread) --
 
@@ -577,7 +810,7 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self._cv:
-                    while not (self._stopped or self._waiting or self._batches
+                    while not (self._stopped or self._waiting or self._batches or self._prefills
                                or self._commands or self._cancelled):
                         self._cv.wait()
                     if self._stopped:
@@ -586,23 +819,32 @@ class Engine:
                     cancelled, self._cancelled = self._cancelled, set()
                 for command in commands:
                     command()
-                admitted: list[_Seq] = []
                 try:
                     self._drop(cancelled)
                     admitted = self._admit()
                     if admitted:
-                        self._prefill(admitted)
-                        with self._cv:
-                            self._prefilling = []
+                        groups: dict[str | None, list[_Seq]] = collections.defaultdict(list)
+                        for seq in admitted:
+                            groups[self._batch_key(seq)].append(seq)
+                        self._prefills += [
+                            _Prefill(key, group, self.pad_id, self.device,
+                                     self.max_prefill_tokens) for key, group in groups.items()]
+                    for prefill in list(self._prefills):
+                        if self._prefill_pass(prefill):
+                            self._prefills.remove(prefill)
+                    self._prefilled()
                     for batch in list(self._batches.values()):
                         self._decode(batch)
                 except Exception as err:  # a failed forward: fail what runs, keep serving
                     log.exception("engine step failed")
-                    self._fail_all(f"{type(err).__name__}: {err}", admitted)
-                    with self._cv:
-                        self._prefilling = []
+                    self._fail_all(f"{type(err).__name__}: {err}")
+                self._flush()
                 self._report_load()
         self._shutdown()
+
+    def _flush(self) -> None:
+        for seq in self._outbox.flush():  # nobody listens any more
+            self.cancel(seq.id)
 
     def _call(self, fn: Callable[[], None]) -> None:
         """Run `fn` on the engine thread between two steps and wait for it (errors re-raised)."""
@@ -632,42 +874,42 @@ class Engine:
         if not cancelled:
             return
         for key, batch in list(self._batches.items()):
-            keep = []
-            for i, seq in enumerate(batch.rows):
-                if seq.id in cancelled:
-                    self._finish_now(seq, "cancelled")
-                else:
-                    keep.append(i)
-            batch.keep(keep)
+            gone = [i for i, seq in enumerate(batch.rows) if seq.id in cancelled]
+            for i in gone:
+                self._finish_now(batch.rows[i], "cancelled")
+            if gone:
+                batch.drop(gone)
             if not batch.rows:
                 del self._batches[key]
+        for prefill in list(self._prefills):
+            keep = [i for i, seq in enumerate(prefill.seqs) if seq.id not in cancelled]
+            if len(keep) == len(prefill.seqs):
+                continue
+            for seq in prefill.seqs:
+                if seq.id in cancelled:
+                    self._finish_now(seq, "cancelled")
+            if keep:
+                prefill.remove(keep)
+            else:
+                self._prefills.remove(prefill)
+        self._prefilled()
 
-    def _prefill(self, seqs: list[_Seq]) -> None:
-        """Run the new prompts (left-padded together), sample their first tokens, merge them."""
-        groups: dict[str | None, list[_Seq]] = collections.defaultdict(list)
-        for seq in seqs:
-            groups[self._batch_key(seq)].append(seq)
-        for key, group in groups.items():
-            self._prefill_group(key, group)
-
-    def _prefill_group(self, key: str | None, seqs: list[_Seq]) -> None:
-        from transformers import DynamicCache
-
-        width = max(s.prompt_len for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, seq in enumerate(seqs):
-            ids[i, width - seq.prompt_len:] = torch.tensor(seq.request.prompt_ids)
-            mask[i, width - seq.prompt_len:] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        logits = self._forward(ids, mask, positions, cache, [s.adapter for s in seqs])
+    def _prefill_pass(self, prefill: _Prefill) -> bool:
+        """Prefill the next chunk of these prompts; at the last one, sample their first tokens
+        and move them into the batch. True when done."""
+        seqs, cols = prefill.seqs, prefill.next_slice()
+        logits = self._forward(prefill.ids[:, cols], prefill.mask[:, :cols.stop],
+                               prefill.positions[:, cols], prefill.cache,
+                               [s.adapter for s in seqs])
         self._counters["prefill_passes"] += 1
-        for layer in _layers(cache):
+        for layer in _layers(prefill.cache):
             if type(layer).__name__ != "DynamicLayer":
                 raise NotImplementedError(f"the engine supports full-attention caches only "
                                           f"(got {type(layer).__name__})")
+        prefill.done = cols.stop
+        if prefill.done < prefill.width:
+            return False
+        cache, mask = prefill.cache, prefill.mask
         for seq in seqs:
             seq.length = seq.prompt_len
         tokens = self._sample(logits, seqs)
@@ -679,21 +921,31 @@ class Engine:
             if not self._advance(seq, token):
                 keep.append(i)
         if not keep:
-            return
+            return True
         if len(keep) < len(seqs):
             index = torch.tensor(keep, device=mask.device)
             cache.batch_select_indices(index)
             mask = mask[index]
-        batch = self._batches.setdefault(key, _Batch(key))
+        batch = self._batches.get(prefill.key)
+        if batch is None:
+            batch = self._batches[prefill.key] = _Batch(prefill.key, self.max_batch,
+                                                        self.kv_budget)
+        reallocations = batch.reallocations
         batch.merge(cache, mask, [seqs[i] for i in keep])
+        self._counters["kv_reallocations"] += batch.reallocations - reallocations
+        return True
 
     def _decode(self, batch: _Batch) -> None:
         """One decode step for every row of the batch."""
         rows = batch.rows
+        reallocations = batch.reallocations
+        batch.next_column()
+        self._counters["kv_reallocations"] += batch.reallocations - reallocations
         ids = torch.tensor([[s.pending] for s in rows], device=self.device)
         positions = torch.tensor([[s.length] for s in rows], device=self.device)
-        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(rows), 1))], dim=1)
-        logits = self._forward(ids, batch.mask, positions, batch.cache, [s.adapter for s in rows])
+        mask = batch.mask_buf[:len(rows), batch.start:batch.end + 1]
+        logits = self._forward(ids, mask, positions, batch.cache, [s.adapter for s in rows])
+        batch.advance()
         self._counters["decode_steps"] += 1
         self._counters["decoded_tokens"] += len(rows)
         self._counters["peak_batch"] = max(self._counters["peak_batch"], len(rows))
@@ -701,13 +953,14 @@ class Engine:
             seq.length += 1
         tokens = self._sample(logits, rows)
         now = time.perf_counter()
-        keep = []
+        done = []
         for i, (seq, token) in enumerate(zip(rows, tokens, strict=True)):
             self.observer.inter_token(seq.model_name, now - (seq.last_token_at or now))
             seq.last_token_at = now
-            if not self._advance(seq, token):
-                keep.append(i)
-        batch.keep(keep)
+            if self._advance(seq, token):
+                done.append(i)
+        if done:
+            batch.drop(done)
         if not batch.rows:
             del self._batches[batch.key]
 
@@ -723,39 +976,94 @@ class Engine:
 
     @contextlib.contextmanager
     def _adapters_for(self, adapters: list[str], kwargs: dict[str, Any]):
-        """Select the rows' adapters: one for all rows (set/disable), or per row (mixed)."""
+        """Select the rows' adapters: one for all rows (merged, or set/disable), or per row.
+
+        peft's state is changed only when it differs from what the batch needs (its
+        `disable_adapter()` context costs more per forward than a decode step of a small model).
+        """
         if not self.adapters:
             yield
             return
         distinct = set(adapters)
         if len(distinct) > 1:
+            self._unmerge()
+            self._enable_adapters(True)
             kwargs["adapter_names"] = adapters
             yield
             return
         (only,) = distinct
         if only == BASE:
-            with self.model.disable_adapter():
-                yield
+            self._unmerge()
+            self._enable_adapters(False)
+            yield
             return
+        self._enable_adapters(True)
+        if self.merge_adapters and self._only_adapter_in_use(only) and self._merge(only):
+            yield
+            return
+        self._unmerge()
         if self._active != only:
             self.model.set_adapter(only, inference_mode=True)
             self._active = only
         yield
 
+    def _only_adapter_in_use(self, name: str) -> bool:
+        """Whether every running or prefilling row uses adapter `name` (merging it then lasts:
+        a prefill of one adapter joining rows of another, or groups of different adapters in
+        grouped mode, run unmerged instead of merging back and forth)."""
+        rows = [s for b in self._batches.values() for s in b.rows]
+        rows += [s for p in self._prefills for s in p.seqs]
+        return all(s.adapter == name for s in rows)
+
+    def _enable_adapters(self, enabled: bool) -> None:
+        if self._adapters_enabled is not enabled:
+            tuner = self.model.base_model
+            tuner.enable_adapter_layers() if enabled else tuner.disable_adapter_layers()
+            self._adapters_enabled = enabled
+
+    def _merge(self, name: str) -> bool:
+        """Merge adapter `name` into the base weights (unmerging another first); False if peft
+        cannot merge it (the batch then runs it unmerged)."""
+        if self._merged == name:
+            return True
+        self._unmerge()
+        try:
+            self.model.base_model.merge_adapter(adapter_names=[name])
+        except Exception as err:  # e.g. a layer type peft cannot merge
+            log.warning("adapter %s cannot be merged (%s): serving it unmerged", name, err)
+            with contextlib.suppress(Exception):
+                self.model.base_model.unmerge_adapter()
+            self.merge_adapters = False
+            return False
+        self._merged = name
+        self._counters["adapter_merges"] += 1
+        return True
+
+    def _unmerge(self) -> None:
+        if self._merged is not None:
+            self.model.base_model.unmerge_adapter()
+            self._merged = None
+
     def _sample(self, logits: torch.Tensor, seqs: list[_Seq]) -> list[int]:
         """The next token of each row: penalties, then greedy or temperature + top_p."""
+        penalised: dict[float, list[int]] = collections.defaultdict(list)
         for i, seq in enumerate(seqs):
             p = seq.params
             if p.repetition_penalty != 1.0:
-                seen = torch.tensor(sorted(set(seq.request.prompt_ids) | set(seq.generated)),
-                                    device=logits.device)
-                values = logits[i, seen]
-                logits[i, seen] = torch.where(values > 0, values / p.repetition_penalty,
-                                              values * p.repetition_penalty)
+                penalised[p.repetition_penalty].append(i)
             if (p.presence_penalty or p.frequency_penalty) and seq.generated:
                 counts = torch.bincount(torch.tensor(seq.generated, device=logits.device),
                                         minlength=logits.shape[1]).to(logits.dtype)
                 logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+        for penalty, rows in penalised.items():  # all rows of one penalty in one gather/scatter
+            seen = [seqs[i].seen_ids for i in rows]
+            width = max(len(s) for s in seen)
+            index = torch.tensor([s + s[:1] * (width - len(s)) for s in seen],
+                                 device=logits.device)  # padded with a repeat: same value
+            row_index = torch.tensor(rows, device=logits.device)[:, None]
+            values = logits[row_index, index]
+            logits[row_index, index] = torch.where(values > 0, values / penalty,
+                                                   values * penalty)
         tokens = logits.argmax(dim=-1).tolist()
         for i, seq in enumerate(seqs):
             p = seq.params
@@ -775,6 +1083,7 @@ class Engine:
     def _advance(self, seq: _Seq, token: int) -> bool:
         """Record a sampled token, emit the text that is safe to send; True if it finished."""
         seq.generated.append(token)
+        seq.saw(token)
         seq.pending = token
         p = seq.params
         reason: FinishReason | None = None
@@ -815,7 +1124,9 @@ class Engine:
             self._counters[f"finished_{reason}"] += 1
             self.observer.finished(seq.model_name, reason, time.perf_counter() - seq.submitted,
                                    seq.prompt_len, len(seq.generated))
-        if not seq.sink.put(delta) and reason is None:
+        if isinstance(seq.sink, _AsyncSink) and threading.current_thread() is self._thread:
+            self._outbox.add(seq, delta)  # delivered at the end of the step
+        elif not seq.sink.put(delta) and reason is None:
             self.cancel(seq.id)  # nobody listens any more
 
     def _finish_now(self, seq: _Seq, reason: FinishReason, error: str | None = None) -> None:
@@ -823,18 +1134,27 @@ class Engine:
         if seq.finish is None:
             self._emit(seq, "", reason, error)
 
-    def _fail_all(self, error: str, admitted: list[_Seq]) -> None:
+    def _fail_all(self, error: str) -> None:
         rows = [seq for batch in self._batches.values() for seq in batch.rows]
-        for seq in [*rows, *admitted]:  # admitted: those whose prefill failed
+        rows += [seq for prefill in self._prefills for seq in prefill.seqs]
+        with self._cv:
+            rows += self._prefilling  # admitted this step, before their prefill existed
+        for seq in rows:
             self._finish_now(seq, "error", error)
         self._batches.clear()
+        self._prefills.clear()
+        self._prefilled()
         self._counters["failed_steps"] += 1
 
     def _shutdown(self) -> None:
         for batch in self._batches.values():
             for seq in batch.rows:
                 self._finish_now(seq, "cancelled")
+        for prefill in self._prefills:
+            for seq in prefill.seqs:
+                self._finish_now(seq, "cancelled")
         self._batches.clear()
+        self._prefills.clear()
         with self._cv:
             waiting, self._waiting = list(self._waiting), collections.deque()
             for command in self._commands:  # wake callers of add_adapter
@@ -843,6 +1163,7 @@ class Engine:
             self._commands = []
         for seq in waiting:
             self._finish_now(seq, "cancelled")
+        self._flush()
 
     def _report_load(self) -> None:
         with self._cv:
@@ -862,6 +1183,7 @@ class Engine:
             raise InvalidRequest(f"an adapter named {name!r} is already loaded", "name")
         from peft import PeftModel
 
+        self._unmerge()
         if isinstance(self.model, PeftModel):
             self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
         else:
@@ -870,8 +1192,11 @@ class Engine:
         moved = self.model.to(device=self.device, dtype=self.dtype) if self.dtype else \
             self.model.to(self.device)
         self.model = moved.eval()
+        if self.cpu_weight_layout:
+            self._counters["weights_transposed"] += _cpu_weight_layout(self.model)
         self.adapters[name] = str(path)
         self._active = None
+        self._adapters_enabled = None  # new adapter layers start enabled: set it again
         log.info("adapter %s loaded from %s", name, path)
 
 
@@ -884,4 +1209,3 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     if not ids and tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
-

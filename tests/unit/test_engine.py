@@ -49,10 +49,11 @@ def tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
 
 
-def tiny_llama(tokenizer, seed: int = 0):
+def tiny_llama(tokenizer, seed: int = 0, hidden: int = 32):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden,
+                         intermediate_size=2 * hidden,
                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                          max_position_embeddings=256, tie_word_embeddings=True,
                          initializer_range=0.3, eos_token_id=tokenizer.eos_token_id,
@@ -309,3 +310,136 @@ def test_cancelling_a_waiting_request_drops_it_before_it_runs(model, tokenizer):
         result = asyncio.run(scenario(engine))
         assert result.completion_tokens == 60
         assert engine.stats()["finished_cancelled"] == 1
+
+
+def lora_folders(tokenizer, tmp_path, names=("poet", "clerk"), hidden: int = 32):
+    from peft import LoraConfig, get_peft_model
+
+    folders = {}
+    for n, name in enumerate(names):
+        base = tiny_llama(tokenizer, hidden=hidden)
+        torch.manual_seed(100 + n)
+        peft = get_peft_model(base, LoraConfig(
+            r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+            init_lora_weights=False))
+        peft.save_pretrained(tmp_path / name)
+        folders[name] = str(tmp_path / name)
+    return folders
+
+
+def test_single_adapter_batches_run_merged_and_switching_stays_exact(tokenizer, tmp_path):
+    """A batch of one adapter runs merged into the base weights; batches that change the
+    adapter set (another adapter, the base, a mix) unmerge first, and every text equals the
+    unmerged peft model's (or the base model's) own `generate`."""
+    from peft import PeftModel
+
+    folders = lora_folders(tokenizer, tmp_path)
+
+    def want(adapter, prompt, n=12):
+        if adapter is None:
+            return reference(tiny_llama(tokenizer), tokenizer, prompt, n)
+        peft = PeftModel.from_pretrained(tiny_llama(tokenizer), folders[adapter]).eval()
+        return reference(peft, tokenizer, prompt, n)
+
+    def ask(adapter, prompt, n=12):
+        return Request(ids(tokenizer, prompt), SamplingParams(max_tokens=n), adapter=adapter)
+
+    order = ["poet", "clerk", None, "poet", "poet", None, "clerk"]
+    with Engine(tiny_llama(tokenizer), tokenizer, adapters=folders) as engine:
+        for adapter in order:  # one batch at a time: each switches the merged adapter
+            assert engine.generate(ask(adapter, PROMPTS[0]), timeout=60).text == \
+                want(adapter, PROMPTS[0]), adapter
+        assert engine.stats()["adapter_merges"] == 4  # poet, clerk, poet (after base), clerk
+        assert engine.stats()["merged_adapter"] == "clerk"
+        # a mixed batch unmerges and runs per-row adapters; then a single one merges again
+        mixed = [("poet", PROMPTS[1]), ("clerk", PROMPTS[2]), (None, PROMPTS[3])]
+        results = asyncio.run(collect_all(engine, [ask(a, p) for a, p in mixed]))
+        assert [r.text for r in results] == [want(a, p) for a, p in mixed]
+        assert engine.generate(ask("poet", PROMPTS[4]), timeout=60).text == \
+            want("poet", PROMPTS[4])
+        assert engine.stats()["merged_adapter"] == "poet"
+    with Engine(tiny_llama(tokenizer), tokenizer, adapters=folders,
+                merge_adapters=False) as engine:
+        assert engine.generate(ask("poet", PROMPTS[0]), timeout=60).text == \
+            want("poet", PROMPTS[0])
+        assert engine.stats().get("adapter_merges", 0) == 0
+
+
+def test_base_weights_survive_many_merge_cycles(tokenizer, tmp_path):
+    """Merging and unmerging restores the base weights up to float rounding."""
+    folders = lora_folders(tokenizer, tmp_path, names=("poet",))
+    model = tiny_llama(tokenizer)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with Engine(model, tokenizer, adapters=folders) as engine:
+        for _ in range(20):
+            engine.generate(Request(ids(tokenizer, PROMPTS[0]), SamplingParams(max_tokens=2),
+                                    adapter="poet"), timeout=60)
+            engine.generate(greedy(tokenizer, PROMPTS[0], 2), timeout=60)
+        assert engine.stats()["adapter_merges"] == 20
+        after = {k.replace(".base_layer", ""): v
+                 for k, v in engine.model.get_base_model().state_dict().items()}
+        base_text = engine.generate(greedy(tokenizer, PROMPTS[2], 24), timeout=60).text
+    for name, value in before.items():
+        torch.testing.assert_close(after[name], value, rtol=1e-6, atol=1e-6)
+    assert base_text == reference(tiny_llama(tokenizer), tokenizer, PROMPTS[2], 24)
+
+
+def test_cpu_weight_layout_keeps_values_and_greedy_text(tokenizer):
+    """Linear weights stored transposed (CPU, float32): same values, same greedy text."""
+    model = tiny_llama(tokenizer, hidden=64)
+    plain = tiny_llama(tokenizer, hidden=64)
+    with Engine(model, tokenizer, max_batch=8) as engine:
+        assert engine.stats()["weights_transposed"] > 0
+        q = engine.model.model.layers[0].self_attn.q_proj.weight
+        assert q.stride() == (1, q.shape[0])  # column-major now
+        torch.testing.assert_close(q, plain.model.layers[0].self_attn.q_proj.weight,
+                                   rtol=0, atol=0)
+        results = asyncio.run(collect_all(engine, [greedy(tokenizer, p, 20) for p in PROMPTS]))
+    assert [r.text for r in results] == [reference(plain, tokenizer, p, 20) for p in PROMPTS]
+    with Engine(tiny_llama(tokenizer, hidden=64), tokenizer,
+                cpu_weight_layout=False) as engine:
+        assert engine.stats().get("weights_transposed", 0) == 0
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(model, tokenizer):
+    long_prompt = " ".join([PROMPTS[4]] * 3)
+    assert len(ids(tokenizer, long_prompt)) > 24
+
+    async def scenario(engine):
+        first = engine.submit(greedy(tokenizer, PROMPTS[0], 60, ignore_eos=True))
+        await first.__anext__()
+        steps_before = engine.stats()["decode_steps"]
+        late = engine.submit(greedy(tokenizer, long_prompt, 16))
+        late_result = await late.collect()
+        rest = [d async for d in first]
+        return steps_before, late_result, rest
+
+    with Engine(model, tokenizer, max_prefill_tokens=8) as engine:
+        steps_before, late, _ = asyncio.run(scenario(engine))
+        stats = engine.stats()
+    chunks = -(-len(ids(tokenizer, long_prompt)) // 8)
+    assert stats["prefill_passes"] >= 1 + chunks
+    assert stats["decode_steps"] > steps_before + late.completion_tokens  # decoded meanwhile
+    assert late.text == reference(model, tokenizer, long_prompt, 16)
+
+
+def test_rows_leaving_and_joining_at_different_times_stay_exact(model, tokenizer):
+    """Rows of different lengths join one by one and leave at different steps (the KV slab
+    moves the last row into a leaver's place and re-allocates when full)."""
+    cases = [(p, n) for p, n in zip(PROMPTS * 2, [5, 30, 12, 40, 3, 22, 8, 17, 35, 9],
+                                    strict=True)]
+
+    async def scenario(engine):
+        streams = []
+        for prompt, n in cases:
+            streams.append(engine.submit(greedy(tokenizer, prompt, n, ignore_eos=True)))
+            await asyncio.sleep(0.01)
+        return await asyncio.gather(*(s.collect() for s in streams))
+
+    with Engine(model, tokenizer, max_batch=6) as engine:
+        results = asyncio.run(scenario(engine))
+        stats = engine.stats()
+    assert stats["peak_batch"] > 2
+    for (prompt, n), result in zip(cases, results, strict=True):
+        assert result.completion_tokens == n
+        assert result.text == reference(model, tokenizer, prompt, n, min_new_tokens=n), prompt
