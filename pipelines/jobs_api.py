@@ -6,22 +6,17 @@
 Jobs run in the worker (pipelines/jobs_worker.py), never in this process.
 """
 
-import argparse
 
 import uvicorn
 
 from tuneship.errors import exit_on_user_error
 from tuneship.jobs.api import standalone_app
-from tuneship.jobs.config import load_settings
+from tuneship.jobs.config import settings_from_cli
 
 
 @exit_on_user_error
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="settings YAML (default: conf/jobs/default.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the settings")
-    args = parser.parse_args()
-    settings = load_settings(args.config, args.overrides)
+    settings = settings_from_cli(__doc__.splitlines()[0])
     uvicorn.run(standalone_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 

@@ -8,22 +8,18 @@ Stopping it (or `kill -9`) stops the jobs it runs; started again, it resumes the
 last checkpoint.
 """
 
-import argparse
 import logging
 
 from tuneship.errors import exit_on_user_error
-from tuneship.jobs.config import load_settings
+from tuneship.jobs.config import settings_from_cli
 from tuneship.jobs.worker import serve
 
 
 @exit_on_user_error
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="settings YAML (default: conf/jobs/default.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the settings")
-    args = parser.parse_args()
+    settings = settings_from_cli(__doc__.splitlines()[0])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(load_settings(args.config, args.overrides))
+    serve(settings)
 
 
 if __name__ == "__main__":

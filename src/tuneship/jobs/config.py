@@ -116,3 +116,14 @@ def from_env() -> JobsSettings:
     if ENV_SETTINGS not in os.environ:
         raise TuneshipError(f"{ENV_SETTINGS} is not set: start jobs through the worker")
     return JobsSettings.model_validate_json(os.environ[ENV_SETTINGS])
+
+
+def settings_from_cli(description: str, argv: list[str] | None = None) -> JobsSettings:
+    """The settings the entry points take: `--config FILE` and `key=value` overrides."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="settings YAML (default: conf/jobs/default.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the settings")
+    args = parser.parse_args(argv)
+    return load_settings(args.config, args.overrides)
