@@ -207,8 +207,11 @@ def test_classification_job_from_csv_predicts_its_labels(platform, tmp_path):
                                                      "learning_rate_multiplier": 0.5})
     done = wait_for(platform, job.id, "bob")
     assert done.status == "succeeded", (done.error, platform.logs())
-    mlflow.set_tracking_uri(platform.env["MLFLOW_TRACKING_URI"])
-    pipe = mlflow.transformers.load_model(f"models:/{done.fine_tuned_model}/1")
+    uri = platform.env["MLFLOW_TRACKING_URI"]  # passed, not set: no process-wide MLflow state
+    version = mlflow.MlflowClient(uri, uri).get_model_version_download_uri(done.fine_tuned_model,
+                                                                           "1")
+    pipe = mlflow.transformers.load_model(mlflow.artifacts.download_artifacts(
+        artifact_uri=version, dst_path=str(tmp_path / "model"), tracking_uri=uri))
     assert {p["label"] for p in pipe(["a fine film", "a dull mess"])} <= {"negative", "positive"}
 
 
