@@ -88,8 +88,8 @@ def generation_report(model, tokenizer: PreTrainedTokenizerBase, test: datasets.
         chat = [ids[:head] for ids in column(test, "input_ids")[:rows]]
         prompts = [tokenizer.decode(ids) for ids in chat]
     with model.disable_adapter():
-        base_out = generate(model, tokenizer, chat, ev.max_new_tokens)
-    tuned_out = generate(model, tokenizer, chat, ev.max_new_tokens)
+        base_out = generate(model, tokenizer, chat, ev.max_new_tokens, ev.batch_size)
+    tuned_out = generate(model, tokenizer, chat, ev.max_new_tokens, ev.batch_size)
     if refs is not None:
         for prefix, outputs in (("", tuned_out), ("base_", base_out)):
             if "rouge" in ev.metrics:
@@ -110,14 +110,25 @@ def _chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
 
 @torch.inference_mode()
 def generate(model, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
-             max_new_tokens: int) -> list[str]:
-    """Greedy continuations (deterministic), one prompt at a time (no padding effects)."""
+             max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy continuations (deterministic), `batch_size` prompts per `generate` call.
+
+    Prompts are left-padded and masked, so each row continues from its own last token; the
+    model's position ids follow the attention mask.
+    """
     device = next(model.parameters()).device
     texts = []
-    for ids in prompts:
-        inputs = torch.tensor([ids], device=device)
-        out = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs),
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        width = max(len(ids) for ids in chunk)
+        inputs = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(inputs)
+        for row, ids in enumerate(chunk):
+            inputs[row, width - len(ids):] = torch.tensor(ids)
+            mask[row, width - len(ids):] = 1
+        out = model.generate(input_ids=inputs.to(device), attention_mask=mask.to(device),
                              max_new_tokens=max_new_tokens, do_sample=False,
                              repetition_penalty=1.1, pad_token_id=tokenizer.pad_token_id)
-        texts.append(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip())
+        texts += [tokenizer.decode(row, skip_special_tokens=True).strip()
+                  for row in out[:, width:]]
     return texts
