@@ -71,7 +71,7 @@ class Follower:
             engine = self.served.engine
             added = [key for key in found.versions if engine_name(key) not in engine.adapters]
             for key in added:
-                engine.add_adapter(engine_name(key), self._download(found.versions[key]))
+                engine.add_adapter(engine_name(key), self._download(client, found.versions[key]))
             self.cards.update({k: version_card(v) for k, v in found.versions.items()})
             names = served_names(found.aliases, list(found.versions), self.alias)
             self.served.names = {**self.fixed, **names}  # one assignment: readers see old or new
@@ -109,12 +109,12 @@ class Follower:
                                "service's environment") from None
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
-    def _download(self, version: Any) -> str:
+    def _download(self, client: Any, version: Any) -> str:
         import mlflow
 
         # The version's storage location, asked of this registry: a `models:/` URI would be
         # resolved against the process's default registry instead.
-        uri = self._client().get_model_version_download_uri(version.name, version.version)
+        uri = client.get_model_version_download_uri(version.name, version.version)
         into = self.cache_dir / engine_name(adapter_refs.key(version))
         into.mkdir(parents=True, exist_ok=True)
         local = Path(mlflow.artifacts.download_artifacts(
