@@ -1,11 +1,15 @@
-"""The local executor: runs queued fine-tuning jobs, each in its own process.
+"""The jobs worker: runs queued fine-tuning jobs, each in its own process, on this machine
+(`executor.kind: local`, the default) or as Ray jobs on a Ray cluster (`executor.kind: ray`).
 
     python pipelines/jobs_worker.py                                  # conf/jobs/default.yaml
     python pipelines/jobs_worker.py executor.concurrency=2           # key=value overrides
     python pipelines/jobs_worker.py --config my-jobs.yaml
+    ray start --head --dashboard-host=127.0.0.1                      # then, for a Ray cluster:
+    python pipelines/jobs_worker.py executor.kind=ray                # RAY_ADDRESS or executor.ray_address
 
-Stopping it (or `kill -9`) stops the jobs it runs; started again, it resumes them from their
-last checkpoint.
+local: stopping it (or `kill -9`) stops the jobs it runs; started again, it resumes them from
+their last checkpoint. ray: it submits and polls; the jobs go on in Ray while it is stopped and
+it attaches to them again when started.
 """
 
 import logging

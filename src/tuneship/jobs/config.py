@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from omegaconf import OmegaConf
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tuneship.errors import TuneshipError
 from tuneship.settings import project_root
@@ -44,12 +45,43 @@ class Limits(_Section):
 
 
 class Executor(_Section):
-    kind: Literal["local"] = "local"
+    kind: Literal["local", "ray"] = "local"
     concurrency: int = Field(1, ge=1, le=64)
     queue_db: str
     max_attempts: int = Field(3, ge=1)
     poll_s: float = Field(0.5, gt=0)
     kill_grace_s: float = Field(5.0, ge=0)
+    # kind: ray (ray_executor.py): Ray's Job Submission API at the dashboard's address.
+    ray_address: str = "http://127.0.0.1:8265"
+    ray_num_cpus: float = Field(1.0, gt=0)
+    ray_num_gpus: float = Field(0.0, ge=0)
+    ray_python: str | None = None
+    ray_env: list[str] = ["MLFLOW_*", "TUNESHIP_*", "HF_*", "TRANSFORMERS_*", "TOKENIZERS_*"]
+    ray_runtime_env: dict[str, Any] = {}
+    ray_unreachable_s: float = Field(120.0, gt=0)
+
+    @field_validator("ray_address")
+    @classmethod
+    def _dashboard_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be the Ray dashboard's URL (Job Submission API), e.g. "
+                             f"http://127.0.0.1:8265, got {value!r}")
+        return value
+
+    @field_validator("ray_runtime_env")
+    @classmethod
+    def _no_env_vars(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "env_vars" in value:
+            raise ValueError("env_vars are shown in Ray's job info: list variable names in "
+                             "executor.ray_env instead (they travel in a private launch file)")
+        return value
+
+    @field_validator("ray_python")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_absolute():
+            raise ValueError(f"must be an absolute path to python on the Ray nodes, got {value!r}")
+        return value
 
 
 class BaseModelEntry(_Section):

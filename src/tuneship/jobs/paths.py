@@ -31,6 +31,11 @@ class JobPaths:
     def log(self) -> Path:
         return self.root / "job.log"
 
+    @property
+    def launch(self) -> Path:
+        """The ray executor's launch file: settings and environment for the job (launch.py)."""
+        return self.root / "launch.json"
+
     def last_checkpoint_step(self) -> int:
         """The step of the newest `checkpoint-<step>` folder (0: none)."""
         steps = [int(p.name.rsplit("-", 1)[-1]) for p in self.work.checkpoints.glob("checkpoint-*")

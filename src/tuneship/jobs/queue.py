@@ -26,8 +26,12 @@ class Queue:
         self.settings = settings
 
         def run_job(job_id: str) -> None:
-            """Runs in the worker (a consumer thread); the job itself runs in its own process."""
-            from tuneship.jobs.worker import execute
+            """Runs in the worker (a consumer thread); the job itself runs in its own process
+            (on this machine, or on a Ray node with `executor.kind: ray`)."""
+            if settings.executor.kind == "ray":
+                from tuneship.jobs.ray_executor import execute
+            else:
+                from tuneship.jobs.worker import execute
 
             execute(settings, job_id)
 

@@ -1,4 +1,5 @@
-"""One job in its own process: `python -m tuneship.jobs.runner <job id>` (started by the worker).
+"""One job in its own process: `python -m tuneship.jobs.runner <job id>` (started by the worker,
+or by Ray as a submitted job's entrypoint with `executor.kind: ray`: see launch.py).
 
 The upload is checked again and converted for the pipeline, the overrides are built, and the
 job is ONE `tuneship.run_pipeline(overrides)` call. A job started again after its worker was
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tuneship.errors import TuneshipError
+from tuneship.jobs import launch
 from tuneship.jobs.blobs import Blobs
 from tuneship.jobs.config import JobsSettings, from_env
 from tuneship.jobs.convert import write_pipeline_file
@@ -213,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        launch.apply()  # started by Ray: settings and environment from the job's launch file
+    except TuneshipError as err:
+        print(f"tuneship: error: {err}", file=sys.stderr)
+        return 2
     settings = from_env()
     store = Store(settings.database_url)
     job_id = args[0]

@@ -1,5 +1,6 @@
 """The local executor: a huey consumer (`executor.concurrency` threads) whose task starts one job
-process (`tuneship.jobs.runner`, its own session), watches it and stops it on cancel.
+process (`tuneship.jobs.runner`, its own session), watches it and stops it on cancel. With
+`executor.kind: ray` the same consumer runs `ray_executor.execute` instead (Ray runs the process).
 
 Restart-safe: `serve` first recovers what a killed worker left — a job still `running` has its
 stale process group killed and is queued again to resume from its last checkpoint (or fails
@@ -40,6 +41,10 @@ def serve(settings: JobsSettings) -> None:
     except Timeout:
         raise TuneshipError(f"another jobs worker is running on {settings.executor.queue_db}: "
                             "run one worker per queue (raise executor.concurrency instead)") from None
+    if settings.executor.kind == "ray":
+        from tuneship.jobs.ray_executor import connect
+
+        connect(settings, wait=False)  # a clear error now rather than in every job
     store = Store(settings.database_url)
     store.create_all()
     queue = Queue(settings)
@@ -47,15 +52,27 @@ def serve(settings: JobsSettings) -> None:
     consumer = queue.huey.create_consumer(workers=settings.executor.concurrency,
                                           worker_type="thread", periodic=False,
                                           initial_delay=0.2, max_delay=1.0)
-    log.info("jobs worker: %d at a time, queue %s, store %s", settings.executor.concurrency,
-             settings.executor.queue_db, settings.database_url)
+    where = ("this machine" if settings.executor.kind == "local"
+             else f"Ray at {settings.executor.ray_address}")
+    log.info("jobs worker: %d at a time on %s, queue %s, store %s", settings.executor.concurrency,
+             where, settings.executor.queue_db, redacted(settings.database_url))
     consumer.run()
+
+
+def redacted(url: str) -> str:
+    """A database URL without its password, for logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def recover(settings: JobsSettings, store: Store, queue: Queue) -> None:
     """Interrupted jobs back to the queue (or failed), then every waiting job enqueued again."""
     queue.flush()
     for job in store.jobs_in(["running"]):
+        if settings.executor.kind == "ray" and not job.pid:
+            queue.enqueue(job.id)  # its run may still go on in Ray: the task attaches to it
+            continue
         kill_group(job)
         interrupted(settings, store, job)
     for job in store.jobs_in(["validating_files"]):
@@ -64,20 +81,25 @@ def recover(settings: JobsSettings, store: Store, queue: Queue) -> None:
         queue.enqueue(job.id)
 
 
-def interrupted(settings: JobsSettings, store: Store, job: Job) -> None:
+def interrupted(settings: JobsSettings, store: Store, job: Job,
+                reason: str = "the worker stopped while this job ran") -> bool:
+    """A run ended without an outcome: queue the job again to resume from its last checkpoint
+    (True), or fail it with `reason` once it has used `executor.max_attempts` runs."""
     step = JobPaths.of(settings, job.id).last_checkpoint_step()
     limit = settings.executor.max_attempts
     if job.attempts >= limit:
-        message = (f"the worker stopped while this job ran, {job.attempts} time(s) (limit "
+        message = (f"{reason}, {job.attempts} time(s) (limit "
                    f"executor.max_attempts={limit}); last checkpoint: step {step}")
         if store.transition(job.id, ["running"], "failed", error_code="job_interrupted",
                             error_message=message, pid=None):
             store.add_event(job.id, f"Job failed: {message}", level="error")
-        return
-    if store.transition(job.id, ["running"], "queued", pid=None):
-        where = f"from its checkpoint at step {step}" if step else "from the start (no checkpoint yet)"
-        store.add_event(job.id, f"The worker stopped while this job ran: it is queued again and "
-                        f"resumes {where}", level="warn", data={"step": step})
+        return False
+    if not store.transition(job.id, ["running"], "queued", pid=None):
+        return False
+    where = f"from its checkpoint at step {step}" if step else "from the start (no checkpoint yet)"
+    store.add_event(job.id, f"{reason[:1].upper()}{reason[1:]}: it is queued again and "
+                    f"resumes {where}", level="warn", data={"step": step})
+    return True
 
 
 def execute(settings: JobsSettings, job_id: str) -> None:
