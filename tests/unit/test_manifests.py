@@ -1,7 +1,7 @@
-"""The Kubernetes manifests under deploy/: schema-valid for a pinned Kubernetes, and consistent.
+"""The Kubernetes manifests under deploy/k8s/: schema-valid for a pinned Kubernetes, and consistent.
 
 No cluster here: this is what can be checked offline. Every document of every YAML file under
-deploy/ is validated (strict: unknown fields are errors) against the schemas kubernetes-validate
+deploy/k8s/ is validated (strict: unknown fields are errors) against the schemas kubernetes-validate
 bundles; kustomizations and the prometheus-adapter rules are not Kubernetes objects and are only
 parsed and cross-checked.
 """
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.unit
 
 K8S_VERSION = "1.37.0"  # the newest schema set kubernetes-validate 1.37.0 bundles
 ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
+DEPLOY = ROOT / "deploy" / "k8s"  # deploy/monitoring holds Prometheus/Grafana files, not objects
 NOT_OBJECTS = {"kustomization.yaml", "kustomization.yml", "prometheus-adapter-rules.yaml"}
 KV_BYTES_PER_TOKEN = 2 * 30 * 3 * 64 * 4  # (K,V) x layers x kv heads x head dim x fp32 (SmolLM2-135M)
 
@@ -176,7 +176,7 @@ def test_hpa_metric_is_served_by_the_adapter_rules():
     assert pods == ["tuneship_llm_num_requests_waiting"]
     assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in hpa["spec"]["metrics"])
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] > 0
-    rules = yaml.safe_load((DEPLOY / "k8s" / "llm" / "prometheus-adapter-rules.yaml").read_text())["rules"]
+    rules = yaml.safe_load((DEPLOY / "llm" / "prometheus-adapter-rules.yaml").read_text())["rules"]
     served = {rule["name"]["as"] for rule in rules}
     assert set(pods) <= served
     for rule in rules:
