@@ -6,9 +6,18 @@
         --model tuneship-sst2_minilm --duration 15          # the MiniLM champion
 
 Each server runs alone on a free loopback port and is stopped before the next starts:
-1. `bentoml serve <model>:latest` (the built bento), batching on;
-2. the same bento with TUNESHIP_BATCHING=0 (each request is its own forward pass);
-3. a hand-written FastAPI app calling `transformers.pipeline` on the same model files.
+1. `bentoml serve <model>:latest` (the built bento), batching on (a request alone in flight
+   has a batching API of its own);
+2. `shared` (not run by default): the same with TUNESHIP_LONE_DISPATCH=0, one batching API for
+   every request, as before lone dispatch; `fp32` (not by default): batching on, served by
+   eager fp32 (TUNESHIP_RUNTIME=torch-fp32) whatever runtimes the model has;
+3. the same bento with TUNESHIP_BATCHING=0 (each request is its own forward pass);
+4. a hand-written FastAPI app calling `transformers.pipeline` on the same model files.
+Each server is warmed up at c=8 first, so a batcher has learned from concurrent traffic
+before the lone client (c=1) comes, as it would have in service.
+On a shared machine use `--rounds N`: every server is started (one after the other, each
+timed to ready) and kept up, and each level runs on every variant in turn, N times over, so a
+busy spell falls on all variants alike; each row then pools its N runs.
 Clients are asyncio + aiohttp on the same machine (they share its cores), closed loop: each of
 `c` clients sends one request (`--texts` texts from SST-2) as soon as its last one returns.
 (Not httpx: its connection pool is the bottleneck at c=32, ~90 req/s against a no-op server
@@ -62,6 +71,7 @@ class Phase:
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     errors: Counter = field(default_factory=Counter)
+    runs: list[float] = field(default_factory=list)  # req/s of each round (--rounds)
 
     @property
     def throughput(self) -> float:
@@ -80,6 +90,7 @@ class Server:
     rss_ready_mb: float
     rss_loaded_mb: float = 0.0
     processes: int = 0
+    runtime: str = ""  # what a Tuneship bento serves with (GET /model), "" for the baseline
 
 
 # --- load ---------------------------------------------------------------------------------------
@@ -150,11 +161,18 @@ def running(cmd: list[str], env: dict[str, str], port: int, log: Path, timeout: 
     try:
         ready = wait_ready(url, proc, timeout)
         rss, _ = tree_rss_mb(proc.pid)
-        server = Server(variant, ready, rss)
+        server = Server(variant, ready, rss, runtime=served_runtime(url))
         yield url, server
         server.rss_loaded_mb, server.processes = tree_rss_mb(proc.pid)
     finally:
         stop(proc)
+
+
+def served_runtime(url: str) -> str:
+    """The runtime a Tuneship classifier serves with (its /model card), "" if it names none."""
+    with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
+        return httpx.get(f"{url}/model", timeout=10).json()["runtime"]["name"]
+    return ""
 
 
 def bento_command(bento: str, port: int) -> list[str]:
@@ -274,6 +292,40 @@ def measure(variant: str, cmd: list[str], env: dict[str, str], port: int,
     return phases, server
 
 
+def measure_interleaved(specs: list[tuple[str, list[str], dict[str, str], int]],
+                        args: argparse.Namespace,
+                        texts: list[str]) -> tuple[list[Phase], list[Server]]:
+    """Every server up at once; each level on each variant in turn, `args.rounds` times."""
+    pooled: dict[tuple[str, int], Phase] = {}
+    with contextlib.ExitStack() as stack:
+        urls, servers = {}, []
+        for name, cmd, env, port in specs:
+            log = args.log_dir / f"{name}.log"
+            print(f"-- {name}: starting (log {log})", flush=True)
+            url, server = stack.enter_context(running(cmd, env, port, log, args.ready_timeout,
+                                                      name))
+            urls[name] = url
+            servers.append(server)
+            print(f"   ready in {server.ready_s:.1f} s", flush=True)
+        for name, url in urls.items():
+            asyncio.run(drive(url, texts, args.texts, 8, args.warmup, name))
+        for round_ in range(args.rounds):
+            for concurrency in args.concurrency:
+                for name, url in urls.items():
+                    phase = asyncio.run(drive(url, texts, args.texts, concurrency,
+                                              args.duration, name))
+                    print(f"   round {round_ + 1} {name:<24} c={concurrency:<3} "
+                          f"{phase.throughput:8.1f} req/s  p50 {phase.percentile(50):7.1f} ms  "
+                          f"errors {sum(phase.errors.values())}", flush=True)
+                    into = pooled.setdefault((name, concurrency), Phase(name, concurrency))
+                    into.seconds += phase.seconds
+                    into.latencies_ms += phase.latencies_ms
+                    into.errors.update(phase.errors)
+                    into.runs.append(round(phase.throughput, 1))
+    return sorted(pooled.values(), key=lambda p: ([s.variant for s in servers].index(p.variant),
+                                                  p.concurrency)), servers
+
+
 def report_alone(rates: dict[int, float], per_request: int) -> str:
     one = rates[min(rates)]
     lines = ["| model alone, no HTTP | texts/s | vs one at a time |", "|---|---:|---:|"]
@@ -294,23 +346,32 @@ def report(phases: list[Phase], servers: list[Server], per_request: int) -> str:
         lines.append(f"| {p.variant} | {p.concurrency} | {p.throughput:.1f} | "
                      f"{p.throughput * per_request:.1f} | {p.percentile(50):.1f} | "
                      f"{p.percentile(99):.1f} | {errors}{detail} | {len(p.latencies_ms)} |")
-    lines += ["", "| variant | ready s | RSS at ready MiB | RSS after load MiB | processes |",
-              "|---|---:|---:|---:|---:|"]
-    lines += [f"| {s.variant} | {s.ready_s:.1f} | {s.rss_ready_mb:.0f} | {s.rss_loaded_mb:.0f} "
-              f"| {s.processes} |" for s in servers]
+    lines += ["", "| variant | runtime | ready s | RSS at ready MiB | RSS after load MiB | "
+                  "processes |", "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {s.variant} | {s.runtime or '-'} | {s.ready_s:.1f} | {s.rss_ready_mb:.0f} | "
+              f"{s.rss_loaded_mb:.0f} | {s.processes} |" for s in servers]
     return "\n".join([*lines, "", *ratio_lines(phases)])
 
 
 def ratio_lines(phases: list[Phase]) -> list[str]:
-    """Batching on/off and on/FastAPI throughput at each concurrency all three ran."""
+    """Throughput of each BentoML variant over the FastAPI baseline (and batching on/off) at
+    each concurrency the baseline ran."""
     by = {(p.variant, p.concurrency): p.throughput for p in phases}
     ratios = []
     for c in sorted({p.concurrency for p in phases}):
-        on, off, base = (by.get((v, c)) for v in ("bentoml-batching", "bentoml-no-batching",
-                                                   "fastapi-pipeline"))
-        if on and off and base:
-            ratios.append(f"c={c}: batching on/off {on / off:.2f}x, on/fastapi {on / base:.2f}x")
+        base = by.get(("fastapi-pipeline", c))
+        parts = [f"{v.removeprefix('bentoml-')}/fastapi {by[(v, c)] / base:.2f}x"
+                 for v in VARIANTS if (v, c) in by and base and v != "fastapi-pipeline"]
+        on, off = by.get(("bentoml-batching", c)), by.get(("bentoml-no-batching", c))
+        if on and off:
+            parts.insert(0, f"batching on/off {on / off:.2f}x")
+        if parts:
+            ratios.append(f"c={c}: " + ", ".join(parts))
     return ratios
+
+
+VARIANTS = ("bentoml-batching", "bentoml-batching-fp32", "bentoml-batching-shared",
+            "bentoml-no-batching", "fastapi-pipeline")
 
 
 def result_tables(phases: list[Phase], servers: list[Server], alone: dict[int, float],
@@ -320,7 +381,8 @@ def result_tables(phases: list[Phase], servers: list[Server], alone: dict[int, f
              "texts/s": round(p.throughput * per_request, 1),
              "p50 ms": round(p.percentile(50), 1), "p99 ms": round(p.percentile(99), 1),
              "errors": sum(p.errors.values()), "requests": len(p.latencies_ms)} for p in phases]
-    tables = {"servers": [{"variant": s.variant, "ready s": round(s.ready_s, 1),
+    tables = {"servers": [{"variant": s.variant, "runtime": s.runtime or None,
+                           "ready s": round(s.ready_s, 1),
                            "RSS at ready MiB": round(s.rss_ready_mb),
                            "RSS after load MiB": round(s.rss_loaded_mb),
                            "processes": s.processes} for s in servers]}
@@ -337,8 +399,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_server_args(parser, model="tuneship-smoke", concurrency=[1, 8, 32], duration=10.0)
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up at c=8")
     parser.add_argument("--texts", type=int, default=1, help="texts per request")
-    parser.add_argument("--only", nargs="+", choices=["on", "off", "fastapi"],
-                        default=["on", "off", "fastapi"])
+    parser.add_argument("--only", nargs="+", choices=["on", "fp32", "shared", "off", "fastapi"],
+                        default=["on", "off", "fastapi"],
+                        help="variants, in this order (shared: one batching API for all; "
+                             "fp32: eager fp32 whatever the model's runtimes)")
+    parser.add_argument("--runtime", help="TUNESHIP_RUNTIME for the bento variants but fp32 "
+                                          "(default: each server chooses at start)")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="keep every server up and run the levels on each in turn, this "
+                             "many times (0: each server alone, one after the other)")
     parser.add_argument("--alone", type=float, default=10.0,
                         help="seconds per batch size for the model alone (0: skip)")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp/tuneship-bench"))
@@ -360,19 +429,30 @@ def main(argv: list[str] | None = None) -> None:
     bento = args.bento or f"{args.model.lower()}:latest"
     model_dir, tokenizer_dir = model_files(bento)
     texts = load_texts()
+    pinned = {"TUNESHIP_RUNTIME": args.runtime} if args.runtime else {}
     variants = {
-        "on": ("bentoml-batching", lambda p: bento_command(bento, p), {"TUNESHIP_BATCHING": "1"}),
+        "on": ("bentoml-batching", lambda p: bento_command(bento, p),
+               {"TUNESHIP_BATCHING": "1", "TUNESHIP_LONE_DISPATCH": "1", **pinned}),
+        "fp32": ("bentoml-batching-fp32", lambda p: bento_command(bento, p),
+                 {"TUNESHIP_BATCHING": "1", "TUNESHIP_LONE_DISPATCH": "1",
+                  "TUNESHIP_RUNTIME": "torch-fp32"}),
+        "shared": ("bentoml-batching-shared", lambda p: bento_command(bento, p),
+                   {"TUNESHIP_BATCHING": "1", "TUNESHIP_LONE_DISPATCH": "0", **pinned}),
         "off": ("bentoml-no-batching", lambda p: bento_command(bento, p),
-                {"TUNESHIP_BATCHING": "0"}),
+                {"TUNESHIP_BATCHING": "0", **pinned}),
         "fastapi": ("fastapi-pipeline", lambda p: baseline_command(model_dir, tokenizer_dir, p),
                     {}),
     }
     phases: list[Phase] = []
     servers: list[Server] = []
-    for key in args.only:
+    ports = {key: free_port() for key in args.only}
+    if args.rounds:
+        specs = [(variants[k][0], variants[k][1](ports[k]), variants[k][2], ports[k])
+                 for k in args.only]
+        phases, servers = measure_interleaved(specs, args, texts)
+    for key in [] if args.rounds else args.only:
         name, command, env = variants[key]
-        port = free_port()
-        got, server = measure(name, command(port), env, port, args, texts)
+        got, server = measure(name, command(ports[key]), env, ports[key], args, texts)
         phases += got
         servers.append(server)
     print(f"\n{bento}, {args.texts} text(s) per request, {args.duration:.0f} s per level, "
@@ -389,6 +469,7 @@ def main(argv: list[str] | None = None) -> None:
         "formats": {"req/s": "{:.1f}", "texts/s": "{:.1f}", "p50 ms": "{:.1f}",
                     "p99 ms": "{:.1f}", "ready s": "{:.1f}", "vs one at a time": "{:.2f}×"},
         "bento": bento, "texts_per_request": args.texts, "duration_s": args.duration,
+        "rounds": args.rounds,
         "phases": [{**asdict(p), "throughput": p.throughput, "p50_ms": p.percentile(50),
                     "p99_ms": p.percentile(99), "latencies_ms": None} for p in phases],
         "servers": [asdict(s) for s in servers], "model_alone_texts_per_s": alone,

@@ -81,6 +81,12 @@ class ServeArgs(BaseModel):
     batching: bool = True
     max_batch_size: int = Field(64, gt=1)
     max_latency_ms: int = Field(10_000, gt=0)
+    # A request alone in flight goes to its own batching API, whose dispatcher never learns
+    # to wait from traffic under load (bentos/README.md#a-lone-client); off: one API for all.
+    lone_dispatch: bool = True
+    # Which runtime serves: auto = the fastest parity-passed one, timed at start on this host;
+    # or a name from the model's runtimes/manifest.json (torch-fp32 is always there).
+    runtime: str = Field("auto", pattern=r"^[a-z0-9][a-z0-9._-]*$")
     # /generate
     max_prompt_chars: int = Field(4000, gt=0)
     max_new_tokens: int = Field(256, gt=0)

@@ -5,15 +5,18 @@ than one parameter:
 
 - `Tuneship` (public, port 3000): `POST /classify`, `GET /model`, `/healthz`, `/readyz`,
   `/metrics`; validation, optional API key and a body-size limit (guards.py).
-- `Classifier` (internal, reachable only through `Tuneship`): holds the model and answers through
-  an adaptive-batching API, so texts from concurrent requests share one forward pass.
+- `Classifier` (internal, reachable only through `Tuneship`): holds the model in the runtime
+  chosen at start (runtimes.py) and answers through adaptive-batching APIs, so texts from
+  concurrent requests share one forward pass. A request alone in flight has an API of its own,
+  so it is dispatched at once instead of waiting as the batcher learned to under load.
 
 Settings are bento arguments written by `make bento` (conf/serve/); these environment variables
 tune a running instance: TUNESHIP_API_KEY (turns key checks on), TUNESHIP_BATCHING=0 (off),
-TUNESHIP_DEVICE (auto|cpu|cuda), TUNESHIP_TORCH_THREADS (CPU intra-op threads),
-TUNESHIP_TOKEN_BUDGET (most padded tokens per forward pass), TUNESHIP_PASS_COST_TOKENS (what a
-forward pass costs besides its tokens, in tokens), TUNESHIP_MODEL_TAG (serve another imported
-model).
+TUNESHIP_LONE_DISPATCH=0 (lone requests share the batching API), TUNESHIP_RUNTIME (auto or a
+runtime name), TUNESHIP_DEVICE (auto|cpu|cuda), TUNESHIP_TORCH_THREADS (CPU intra-op threads, also
+onnxruntime's), TUNESHIP_TOKEN_BUDGET (most padded tokens per forward pass),
+TUNESHIP_PASS_COST_TOKENS (what a forward pass costs besides its tokens, in tokens),
+TUNESHIP_MODEL_TAG (serve another imported model).
 """
 
 from __future__ import annotations
@@ -23,14 +26,17 @@ import collections
 import functools
 import logging
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
+import numpy as np
+import runtimes
 from bentoml.exceptions import ServiceUnavailable
 from common import ModelRef, device, flag, load_args, stored_card, torch_threads
 from guards import Guard
 from packing import DEFAULTS, plan_passes
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, StringConstraints
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -40,8 +46,12 @@ from starlette.routing import Route
 log = logging.getLogger("tuneship.service")
 ARGS, MODEL_TAG = load_args()
 BATCHING = flag("TUNESHIP_BATCHING", ARGS.batching)
+LONE_DISPATCH = BATCHING and flag("TUNESHIP_LONE_DISPATCH", ARGS.lone_dispatch)
+RUNTIME = os.environ.get("TUNESHIP_RUNTIME") or ARGS.runtime
 
 PREDICTIONS = Counter("tuneship_predictions", "Texts classified, by predicted label", ["label"])
+RUNTIME_INFO = Gauge("tuneship_runtime_info", "The runtime the classifier serves with (1)",
+                     ["runtime", "chosen_by"], multiprocess_mode="max")
 
 
 # --- request and response bodies ----------------------------------------------------------------
@@ -80,9 +90,25 @@ def model_card() -> dict[str, Any]:
     """What `GET /model` shows: name, version, alias, metrics, lineage (from the model store)."""
     meta = bentoml.models.get(MODEL_TAG).info.metadata
     return {**stored_card(MODEL_TAG, ARGS.alias), "labels": meta["label_names"],
-            "serving": {"batching": BATCHING, "max_batch_size": ARGS.max_batch_size,
+            "serving": {"batching": BATCHING, "lone_dispatch": LONE_DISPATCH,
+                        "max_batch_size": ARGS.max_batch_size,
                         "max_latency_ms": ARGS.max_latency_ms, "max_texts": ARGS.max_texts,
-                        "max_text_chars": ARGS.max_text_chars}}
+                        "max_text_chars": ARGS.max_text_chars, "runtime_requested": RUNTIME}}
+
+
+def runtimes_folder() -> Path:
+    """The served model's runtimes/ (manifest and files from the optimize stage; may be absent)."""
+    return Path(bentoml.models.get(MODEL_TAG).path_of("runtimes"))
+
+
+def check_runtime() -> None:
+    """Fail `bentoml serve` (and `bentoml build`) at once when the pinned runtime cannot be
+    served here, rather than in a classifier worker that restarts forever."""
+    dtype = bentoml.models.get(MODEL_TAG).info.metadata["transformers"]["torch_dtype"]
+    runtimes.survey(runtimes.eager_name(dtype), runtimes_folder()).check(RUNTIME)
+
+
+check_runtime()
 
 
 # BentoML 1.4.31+ recycles the caller's client session every `max_requests` calls (default 100)
@@ -105,8 +131,9 @@ class Classifier:
         stored = self.bento_model
         files = stored.info.metadata["transformers"]
         self.device = device()
+        threads = torch_threads(reserve=0)  # measured: bentos/README.md
         if self.device == "cpu":
-            torch.set_num_threads(torch_threads(reserve=0))  # measured: bentos/README.md
+            torch.set_num_threads(threads)
         # How infer() cuts a batch into forward passes (packing.py), unless set for this host.
         budget, pass_cost = DEFAULTS["cpu" if self.device == "cpu" else "cuda"]
         self.token_budget = int(os.environ.get("TUNESHIP_TOKEN_BUDGET") or budget)
@@ -115,7 +142,6 @@ class Classifier:
         model = AutoModelForSequenceClassification.from_pretrained(
             stored.path_of(files["model"]), dtype=getattr(torch, files["torch_dtype"]),
             use_safetensors=True)  # never unpickle weights: a .bin-only model fails to load
-        self.model = model.to(self.device).eval()
         config = model.config
         self.max_length = min(self.tokenizer.model_max_length, config.max_position_embeddings)
         # The same output function as transformers' text-classification pipeline.
@@ -124,36 +150,64 @@ class Classifier:
         if labels != stored.info.metadata["label_names"]:
             raise RuntimeError(f"{stored.tag}: model labels {labels} differ from the recorded "
                                f"{stored.info.metadata['label_names']}")
+        eager = runtimes.TorchRuntime(runtimes.eager_name(files["torch_dtype"]),
+                                      model.to(self.device).eval(), self.device)
+        self.choice = runtimes.choose(eager, runtimes_folder(), RUNTIME, self.infer_with,
+                                      threads)
+        self.runtime = self.choice.runtime
+        RUNTIME_INFO.labels(runtime=self.runtime.name, chosen_by=self.choice.chosen_by).set(1)
         self.infer(["warm-up"])  # the first request should not pay for lazy initialisation
-        log.info("loaded %s on %s (%d torch threads, token budget %d, pass cost %g), batching %s",
-                 stored.tag, self.device, torch.get_num_threads(), self.token_budget,
-                 self.pass_cost, "on" if BATCHING else "off")
+        log.info("loaded %s on %s: runtime %s (%s; timings %s), %d threads, token budget %d, "
+                 "pass cost %g, batching %s", stored.tag, self.device, self.runtime.name,
+                 self.choice.chosen_by, self.choice.timings_ms or "-", threads,
+                 self.token_budget, self.pass_cost, "on" if BATCHING else "off")
 
     def infer(self, texts: list[str]) -> list[list[float]]:
-        """Probabilities per text, in input order.
+        """Probabilities per text, in input order, from the runtime chosen at start."""
+        return self.infer_with(self.runtime, texts)
+
+    def infer_with(self, runtime: runtimes.Runtime, texts: list[str]) -> list[list[float]]:
+        """Probabilities per text, in input order, from `runtime`.
 
         Texts are grouped by token count into the forward passes of least padded-token cost
         (packing.py), so a batch of short texts is not padded to its longest one.
         """
-        import torch
-
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
         probs: list[list[float]] = [[] for _ in texts]
-        with torch.inference_mode():
-            for chunk in plan_passes([len(x) for x in ids], self.token_budget, self.pass_cost):
-                batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]},
-                                           return_tensors="pt")
-                logits = self.model(**batch.to(self.device)).logits.float()
-                out = logits.sigmoid() if self.sigmoid else logits.softmax(dim=-1)
-                for i, row in zip(chunk, out.cpu().tolist(), strict=True):
-                    probs[i] = row
+        for chunk in plan_passes([len(x) for x in ids], self.token_budget, self.pass_cost):
+            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]},
+                                       return_tensors="np")
+            logits = runtime.logits(batch["input_ids"].astype(np.int64),
+                                    batch["attention_mask"].astype(np.int64))
+            for i, row in zip(chunk, self._outputs(logits).tolist(), strict=True):
+                probs[i] = row
         return probs
+
+    def _outputs(self, logits: np.ndarray) -> np.ndarray:
+        """Sigmoid or softmax over labels, as transformers' text-classification pipeline."""
+        logits = logits.astype(np.float64)
+        if self.sigmoid:
+            return 1.0 / (1.0 + np.exp(-logits))
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
 
     @bentoml.api(batchable=BATCHING, batch_dim=0, max_batch_size=ARGS.max_batch_size,
                  max_latency_ms=ARGS.max_latency_ms)
     def predict(self, texts: list[str]) -> list[list[float]]:
         """Probabilities per text, in label-id order (batched across requests when on)."""
         return self.infer(texts)
+
+    @bentoml.api(batchable=BATCHING, batch_dim=0, max_batch_size=ARGS.max_batch_size,
+                 max_latency_ms=ARGS.max_latency_ms)
+    def predict_alone(self, texts: list[str]) -> list[list[float]]:
+        """`predict` for a request sent while no other is in flight: its dispatcher only ever
+        sees one request at a time, so it learns no wait and dispatches at once."""
+        return self.infer(texts)
+
+    @bentoml.api
+    async def runtime_card(self) -> dict[str, Any]:
+        """The runtime in use, how it was chosen and the start-up timings (for `GET /model`)."""
+        return self.choice.card()
 
 
 # --- the public service -------------------------------------------------------------------------
@@ -165,11 +219,20 @@ def _prediction(probs: list[float], labels: list[str], all_scores: bool) -> Pred
                       scores=dict(zip(labels, probs, strict=True)) if all_scores else None)
 
 
-async def model_endpoint(_: Request) -> JSONResponse:
-    return JSONResponse(model_card())
+async def model_endpoint(request: Request) -> JSONResponse:
+    """The model card, with the runtime the classifier chose (null until it answers)."""
+    service = request.app.state.service
+    runtime = None
+    if service is not None:
+        try:
+            runtime = await asyncio.wait_for(service.classifier.to_async.runtime_card(), 5)
+        except Exception as err:  # still loading, or restarting: the card says so
+            log.warning("runtime card unavailable: %s", err)
+    return JSONResponse({**model_card(), "runtime": runtime})
 
 
 routes = Starlette(routes=[Route("/model", model_endpoint, methods=["GET"])])
+routes.state.service = None
 
 
 # BentoML's own dependency probe can hang past its timeout while the classifier loads, and a
@@ -184,6 +247,8 @@ class Tuneship:
     def __init__(self) -> None:
         for label in model_card()["labels"]:
             PREDICTIONS.labels(label=label)  # every label's series exists from the start, at 0
+        self.in_flight = 0  # /classify requests this worker is answering
+        routes.state.service = self
 
     async def __is_ready__(self) -> bool:
         """Ready once the classifier (model loaded and warmed up) answers its probe in 2 s."""
@@ -197,18 +262,28 @@ class Tuneship:
                        all_scores: bool = False) -> ClassifyResponse | JSONResponse:
         """Classify 1 to max_texts texts; `all_scores` adds every label's probability."""
         card = model_card()
+        self.in_flight += 1
         try:
-            probs = await self.classifier.to_async.predict(texts)
+            probs = await self._predict(texts, alone=self.in_flight == 1)
         except ServiceUnavailable:  # the batcher shed it: BentoML would answer "unexpected error"
             return JSONResponse({"error": f"overloaded: the model cannot answer within "
                                           f"max_latency_ms={ARGS.max_latency_ms}; retry later"},
                                 status_code=503)  # Guard adds Retry-After
+        finally:
+            self.in_flight -= 1
         predictions = [_prediction(p, card["labels"], all_scores) for p in probs]
         for label, count in collections.Counter(p.label for p in predictions).items():
             PREDICTIONS.labels(label=label).inc(count)
         return ClassifyResponse(predictions=predictions, model=ModelRef(
             name=card["name"], version=card["version"], alias=card["alias"],
             bento_model=card["bento_model"]))
+
+    async def _predict(self, texts: list[str], alone: bool) -> list[list[float]]:
+        """The classifier's batching API, or its lone-request one when nothing else is in
+        flight here (Tuneship is the classifier's only caller, so it then has no queue)."""
+        if alone and LONE_DISPATCH:
+            return await self.classifier.to_async.predict_alone(texts)
+        return await self.classifier.to_async.predict(texts)
 
 
 Tuneship.add_asgi_middleware(Guard, api_key=os.environ.get("TUNESHIP_API_KEY") or None,

@@ -135,6 +135,22 @@ def serving_source(env: dict[str, str], log: Path, args: dict[str, object]) -> I
         _stop(server)
 
 
+def run_script(script: str, overrides: list[str], env: dict[str, str], timeout: int) -> None:
+    """`pipelines/<script> <overrides>` in a child process; fails the test with its output."""
+    _run(script, overrides, env, timeout)
+
+
+@contextlib.contextmanager
+def serving(env: dict[str, str], log: Path, bento: str = f"{NAME}:latest") -> Iterator[Server]:
+    """`bentoml serve <bento>` on a free port once ready, stopped afterwards."""
+    server = _start(env, log, bento)
+    try:
+        _wait_ready(server, time.monotonic() + READY_TIMEOUT_S)
+        yield server
+    finally:
+        _stop(server)
+
+
 @pytest.fixture(scope="session")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """Smoke champion → BentoML store → bento → two `bentoml serve` processes."""

@@ -44,8 +44,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "llm_aliases": llm.aliases, "llm_registry_uri": followable(reg.tracking_uri)}
         extra = {"adapters": sorted(llm.adapters), "aliases": llm.aliases,
                  "skipped": llm.skipped}
+    packages = runtime_packages(served.info.metadata)
+    if packages:
+        extra["runtimes"] = served.info.metadata["runtimes"]["passed"]
     bento = build(serve, str(served.tag), task=task, args=args,
-                  models=[str(served.tag), *args.get("llm_adapters", {}).values()])
+                  models=[str(served.tag), *args.get("llm_adapters", {}).values()],
+                  packages=packages)
     return {"model": str(served.tag), "task": task, **extra, "bento": str(bento.tag),
             "path": bento.path, "labels": model.info.labels,
             "serve": f"bentoml serve {bento.tag} --host {serve.host} --port {serve.port}"}
@@ -61,15 +65,28 @@ def followable(uri: str) -> str | None:
     return uri
 
 
+# What the image needs beyond torch to run a runtime kind (bentos/runtimes.py): onnxruntime is
+# PyPI's CPU build (no CUDA wheels), whatever the bento's torch.
+RUNTIME_PACKAGES = {"torch": [], "onnx": ["onnxruntime"]}
+
+
+def runtime_packages(metadata: dict) -> list[str]:
+    """The packages the model's parity-passed runtimes need (none without runtimes)."""
+    candidates = metadata.get("runtimes", {}).get("candidates", {})
+    kinds = {c["kind"] for c in candidates.values()}
+    return sorted({p for kind in kinds for p in RUNTIME_PACKAGES.get(kind, [])})
+
+
 # The service each task's bento runs (modules of bentos/).
 SERVICES = {"text-classification": "service:Tuneship", "text-generation": "generation:TuneshipLM"}
 
 
 def build(serve: ServeConfig, model_tag: str, task: str = "text-classification",
           bentos_dir: Path | None = None, args: dict[str, Any] | None = None,
-          models: list[str] | None = None) -> bentoml.Bento:
+          models: list[str] | None = None, packages: list[str] | None = None) -> bentoml.Bento:
     """Build `bentos/` with pinned requirements and the serving limits as bento arguments
-    (plus `args`); `models` are stored in the bento beside the one the service declares.
+    (plus `args`); `models` are stored in the bento beside the one the service declares, and
+    `packages` (names) are required beside the bentofile's.
 
     The build runs on a temporary copy of `bentos/`, so the merged bentofile (and a bundled
     wheel, which BentoML wants inside the build context) never touch the checkout.
@@ -78,7 +95,7 @@ def build(serve: ServeConfig, model_tag: str, task: str = "text-classification",
     with tempfile.TemporaryDirectory() as tmp:
         ctx = Path(tmp) / "bentos"
         shutil.copytree(bentos_dir, ctx, ignore=shutil.ignore_patterns("__pycache__"))
-        spec = bentofile(ctx / "bentofile.yaml", serve.docker, ctx)
+        spec = bentofile(ctx / "bentofile.yaml", serve.docker, ctx, packages or [])
         spec["service"] = SERVICES[task]
         if models:
             spec["models"] = sorted(set(models))
@@ -93,11 +110,15 @@ def build(serve: ServeConfig, model_tag: str, task: str = "text-classification",
     return bento
 
 
-def bentofile(path: Path, docker: DockerConfig, ctx: Path) -> dict[str, Any]:
-    """The bentofile with its packages pinned and the configured docker overrides applied."""
+def bentofile(path: Path, docker: DockerConfig, ctx: Path,
+              extra: list[str] | None = None) -> dict[str, Any]:
+    """The bentofile with its packages (and `extra` ones) pinned and the configured docker
+    overrides applied."""
     spec = yaml.safe_load(path.read_text())
     python = spec.setdefault("python", {})
-    packages = [pin(name) for name in python.get("packages", [])]
+    names = [*python.get("packages", []), *(n for n in extra or [] if n not in
+                                             python.get("packages", []))]
+    packages = [pin(name) for name in names]
     if docker.torch_wheel:
         wheel = Path(docker.torch_wheel).resolve()
         if not wheel.is_file():

@@ -1,18 +1,25 @@
-"""Copy the registry's champion into the BentoML model store, with its lineage.
+"""Copy the registry's champion into the BentoML model store, with its lineage and runtimes.
 
-Why `bentoml.mlflow.import_model` rather than re-saving a pipeline with `bentoml.transformers`:
-the store then holds the registered artifact byte for byte (MLmodel, signature, requirements,
-weights, tokenizer), downloaded by MLflow from whatever store or server holds it, so the served
-model is provably the registered version. The service still loads it with plain transformers
-from the paths the MLmodel's `transformers` flavour names (recorded in the metadata below):
-no MLflow in the image, and full control over device, batching and truncation.
+Why an MLflow download into a BentoML model rather than re-saving a pipeline with
+`bentoml.transformers`: the store then holds the registered artifact byte for byte (MLmodel,
+signature, requirements, weights, tokenizer) under `mlflow_model/`, downloaded by MLflow from
+whatever store or server holds it, so the served model is provably the registered version
+(what `bentoml.mlflow.import_model` does, written out so the model can also carry runtimes).
+Beside it, `runtimes/` holds what the optimize stage recorded in the version's run (the
+manifest and ONNX files; bentos/runtimes.py). The service loads the model with plain
+transformers from the paths the MLmodel's `transformers` flavour names (recorded in the
+metadata below): no MLflow in the image, and full control over device, batching and truncation.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import bentoml
 import mlflow
@@ -27,6 +34,7 @@ from tuneship.tracking import by_alias, connect
 
 log = logging.getLogger(__name__)
 LINEAGE_TAGS = ("run_id", "git_commit", "data_fingerprint", "base_model", "experiment")
+RUNTIMES = "runtimes"  # the folder the optimize stage writes in the version's run
 
 
 def import_champion(reg: RegistryConfig, serve: ServeConfig) -> bentoml.Model:
@@ -83,6 +91,9 @@ def import_version(version: ModelVersion, alias: str) -> bentoml.Model:
     uri = f"models:/{version.name}/{version.version}"  # the version, not the alias: no race
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     metadata = model_metadata(version, alias, mlflow.models.get_model_info(uri))
+    manifest = runtimes_manifest(version)
+    if manifest is not None:
+        metadata["runtimes"] = runtimes_metadata(manifest, version)
     try:
         existing = bentoml.models.get(tag)
     except NotFound:
@@ -91,13 +102,66 @@ def import_version(version: ModelVersion, alias: str) -> bentoml.Model:
         if existing.info.metadata == metadata:
             log.info("%s is already in the BentoML store", tag)
             return existing
-        # Imported by an older Tuneship (other metadata): built bentos keep their own copy.
+        # Imported by an older Tuneship, or optimized since: built bentos keep their own copy.
         log.info("re-importing %s: its metadata in the store is out of date", tag)
         bentoml.models.delete(tag)
-    model = bentoml.mlflow.import_model(tag, uri, labels=model_labels(version, alias),
-                                        metadata=metadata)
-    log.info("imported %s (%s) as %s", uri, alias, model.tag)
+    with bentoml.models.create(tag, labels=model_labels(version, alias),
+                               metadata=metadata) as model:
+        download(uri, Path(model.path_of("mlflow_model")))
+        if not Path(model.path_of("mlflow_model/MLmodel")).is_file():
+            raise TuneshipError(f"{uri} is not an MLflow model (no MLmodel file)")
+        if manifest is not None:
+            download_runtimes(version, manifest, Path(model.path_of(RUNTIMES)))
+    log.info("imported %s (%s) as %s%s", uri, alias, model.tag,
+             f" with runtimes {metadata['runtimes']['passed']}" if manifest else "")
     return model
+
+
+def download(uri: str, target: Path) -> None:
+    """Download an MLflow artifact folder to `target` (a new folder)."""
+    # A models:/ download may hand back the temporary folder itself: moved, nothing to clean.
+    with tempfile.TemporaryDirectory(dir=target.parent, ignore_cleanup_errors=True) as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+        shutil.move(local, target)
+
+
+def download_runtimes(version: ModelVersion, manifest: dict, target: Path) -> None:
+    """The manifest and the folder of each passed runtime that has files (an earlier optimize
+    run may have left others in the run)."""
+    target.mkdir()
+    download(f"runs:/{version.run_id}/{RUNTIMES}/manifest.json", target / "manifest.json")
+    for entry in manifest["runtimes"]:
+        if entry.get("passed") and entry.get("file"):
+            folder = entry["file"].split("/")[0]
+            download(f"runs:/{version.run_id}/{RUNTIMES}/{folder}", target / folder)
+
+
+def runtimes_manifest(version: ModelVersion) -> dict | None:
+    """The version's `runtimes/manifest.json` from its run, or None before it is optimized."""
+    if not version.run_id:
+        return None
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(version.run_id, RUNTIMES)}
+    if f"{RUNTIMES}/manifest.json" not in names:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, artifact_path=f"{RUNTIMES}/manifest.json", dst_path=tmp)
+        return json.loads(Path(path).read_text())
+
+
+def runtimes_metadata(manifest: dict, version: ModelVersion) -> dict:
+    """The runtimes a service may choose from (parity passed) and the reasons for the rest."""
+    try:
+        entries = {r["name"]: r for r in manifest["runtimes"]}
+        passed = {name: {"kind": r["kind"], "dtype": r["dtype"], "parity": r.get("parity") or {}}
+                  for name, r in entries.items() if r.get("passed")}
+    except (KeyError, TypeError) as err:
+        raise TuneshipError(f"{version.name} v{version.version}: runs:/{version.run_id}/"
+                            f"{RUNTIMES}/manifest.json lacks {err}") from None
+    return {"reference": manifest.get("reference", "torch-fp32"), "passed": sorted(passed),
+            "candidates": passed,
+            "failed": {name: r.get("reason") or "" for name, r in entries.items()
+                       if not r.get("passed")}}
 
 
 def model_tag(version: ModelVersion) -> str:
