@@ -87,6 +87,13 @@ class ServeArgs(BaseModel):
     # Which runtime serves: auto = the fastest parity-passed one, timed at start on this host;
     # or a name from the model's runtimes/manifest.json (torch-fp32 is always there).
     runtime: str = Field("auto", pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    # The inference table (bentos/inference_log.py): no directory = off; TUNESHIP_INFERENCE_LOG_*
+    # environment variables win (the directory depends on the host: set it at serve time).
+    inference_log_dir: str | None = None
+    inference_log_sample_rate: float = Field(1.0, ge=0.0, le=1.0)
+    inference_log_privacy: Literal["full", "redacted", "stats-only"] = "redacted"
+    inference_log_retention_days: int = Field(30, ge=1)
+    inference_log_buffer_size: int = Field(10_000, ge=1)
     # /generate
     max_prompt_chars: int = Field(4000, gt=0)
     max_new_tokens: int = Field(256, gt=0)

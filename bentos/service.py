@@ -35,6 +35,8 @@ import runtimes
 from bentoml.exceptions import ServiceUnavailable
 from common import ModelRef, device, flag, load_args, stored_card, torch_threads
 from guards import Guard
+from inference_log import InferenceLog, feedback_endpoint
+from inference_log import options as log_options
 from packing import DEFAULTS, plan_passes
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, StringConstraints
@@ -231,7 +233,8 @@ async def model_endpoint(request: Request) -> JSONResponse:
     return JSONResponse({**model_card(), "runtime": runtime})
 
 
-routes = Starlette(routes=[Route("/model", model_endpoint, methods=["GET"])])
+routes = Starlette(routes=[Route("/model", model_endpoint, methods=["GET"]),
+                           Route("/feedback", feedback_endpoint, methods=["POST"])])
 routes.state.service = None
 
 
@@ -288,3 +291,5 @@ class Tuneship:
 
 Tuneship.add_asgi_middleware(Guard, api_key=os.environ.get("TUNESHIP_API_KEY") or None,
                              max_body_bytes=ARGS.max_request_bytes)
+# Added second = inside the Guard: only requests with a valid key are recorded.
+Tuneship.add_asgi_middleware(InferenceLog, card=model_card, **log_options(ARGS))
