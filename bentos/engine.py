@@ -36,6 +36,12 @@ and measured slower here, see bentos/README.md) is a set of left-padded rows wit
 - on a CPU, in float32, the weights of the linear layers are stored transposed (column-major,
   the same values), the layout torch's CPU GEMM handles best for the few rows of a decode batch
   (`cpu_weight_layout`; bentos/README.md has the measurements);
+- the weights' precision is the caller's (`dtype`); `choose_dtype` picks float32 or bfloat16
+  where the engine runs: a pinned one, else bfloat16 on a GPU, else bfloat16 only if it
+  decodes faster on this CPU at 1 and at 16 rows (timed at start), limited to the dtypes a
+  parity manifest (`runtimes/manifest.json`, written by the optimize stage) passed. In a dtype
+  coarser than float32 a merged adapter is undone by restoring the base weights saved before
+  the merge (subtracting the delta again would leave bf16 rounding behind at every switch);
 - sampling per row: greedy, or temperature + top_p with the request's own `torch.Generator`
   (a seed makes it repeat); stop strings end the text before the first one (a possible start of
   one is held back while streaming); `max_tokens`; end-of-sequence tokens; repetition,
@@ -50,7 +56,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import copy
 import functools
+import json
 import logging
 import queue
 import random
@@ -59,6 +67,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -605,6 +614,7 @@ class Engine:
         self.adapters: dict[str, str] = {}
         self._active: str | None = None  # the adapter set with set_adapter (peft)
         self._merged: str | None = None  # the adapter merged into the base weights
+        self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []  # (weight, copy before merge)
         self._adapters_enabled: bool | None = None  # peft's adapter layers on (None: unknown)
         self._cv = threading.Condition()
         self._waiting: collections.deque[_Seq] = collections.deque()
@@ -671,7 +681,12 @@ class Engine:
                     "max_batch": self.max_batch, "max_queue": self.max_queue,
                     "max_model_len": self.max_model_len, "adapters": sorted(self.adapters),
                     "adapter_mode": self.adapter_mode, "merged_adapter": self._merged,
-                    **self._counters}
+                    "dtype": self.weight_dtype, **self._counters}
+
+    @property
+    def weight_dtype(self) -> str:
+        """The precision of the base model's weights ("float32", "bfloat16", ...)."""
+        return str(self.dtype or next(self.model.parameters()).dtype).removeprefix("torch.")
 
     def add_adapter(self, name: str, path: str) -> None:
         """Load a LoRA adapter (between two steps); requests may name it as soon as this returns."""
@@ -1027,12 +1042,15 @@ class Engine:
         if self._merged == name:
             return True
         self._unmerge()
+        if torch.finfo(next(self.model.parameters()).dtype).eps > 1e-6:  # coarser than fp32
+            self._saved = [(w, w.detach().clone()) for w in self._merged_weights(name)]
         try:
             self.model.base_model.merge_adapter(adapter_names=[name])
         except Exception as err:  # e.g. a layer type peft cannot merge
             log.warning("adapter %s cannot be merged (%s): serving it unmerged", name, err)
             with contextlib.suppress(Exception):
                 self.model.base_model.unmerge_adapter()
+            self._restore()
             self.merge_adapters = False
             return False
         self._merged = name
@@ -1042,7 +1060,24 @@ class Engine:
     def _unmerge(self) -> None:
         if self._merged is not None:
             self.model.base_model.unmerge_adapter()
+            self._restore()
             self._merged = None
+
+    def _merged_weights(self, name: str) -> list[torch.Tensor]:
+        """The base-layer parameters merging adapter `name` changes (weights, LoRA biases)."""
+        found: dict[int, torch.Tensor] = {}
+        for module in self.model.modules():
+            if name in getattr(module, "lora_A", {}) or name in getattr(
+                    module, "lora_embedding_A", {}):
+                for param in module.get_base_layer().parameters(recurse=False):
+                    found.setdefault(id(param), param)
+        return list(found.values())
+
+    def _restore(self) -> None:
+        """Put back the base weights saved before the merge (exact, in any dtype)."""
+        for weight, saved in self._saved:
+            weight.data.copy_(saved)
+        self._saved = []
 
     def _sample(self, logits: torch.Tensor, seqs: list[_Seq]) -> list[int]:
         """The next token of each row: penalties, then greedy or temperature + top_p."""
@@ -1209,3 +1244,125 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     if not ids and tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
+
+
+# --- the weights' precision, chosen where the engine runs ---------------------------------------
+
+DTYPES = ("float32", "bfloat16")
+AUTO = "auto"
+MIN_GAIN = 1.1  # bfloat16's geometric-mean decode speed-up over float32 needed under auto
+TIMED_ROWS = (1, 16)
+
+
+@dataclass
+class DtypeChoice:
+    """The dtype served, why, the decode-step timings behind it and the parity verdicts."""
+
+    dtype: str
+    chosen_by: Literal["config", "device", "manifest", "timing"]
+    reason: str
+    timings_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    verdicts: dict[str, bool] | None = None
+
+    def card(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "chosen_by": self.chosen_by, "reason": self.reason,
+                "decode_step_ms": self.timings_ms, "parity_passed": self.verdicts}
+
+
+def manifest_verdicts(folders: Iterable[Any]) -> dict[str, bool] | None:
+    """dtype -> parity passed, for the torch runtimes of the first `<folder>/runtimes/
+    manifest.json` found (the optimize stage's record); None where no folder has one."""
+    for folder in folders:
+        path = Path(folder) / "runtimes" / "manifest.json"
+        if path.is_file():
+            entries = json.loads(path.read_text()).get("runtimes", [])
+            return {str(e["dtype"]): bool(e.get("passed")) for e in entries
+                    if e.get("kind") == "torch" and "dtype" in e}
+    return None
+
+
+@torch.inference_mode()
+def decode_step_ms(model: Any, rows: int, context: int = 32, steps: int = 4) -> float:
+    """Median milliseconds of one decode step of `rows` rows after a `context`-token prefill."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    ids = torch.arange(rows * context, device=device).remainder(vocab).view(rows, context)
+    cache = DynamicCache()
+    out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    times = []
+    for _ in range(steps):
+        token = out.logits[:, -1:].argmax(-1)
+        start = time.perf_counter()
+        out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        times.append((time.perf_counter() - start) * 1000)
+    return sorted(times)[len(times) // 2]
+
+
+def time_dtypes(models: dict[str, Any], rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Median decode-step ms per model and row count, rounds interleaved (a busy spell on a
+    shared machine falls on all of them)."""
+    samples: dict[str, dict[str, list[float]]] = {n: {f"rows_{r}": [] for r in TIMED_ROWS}
+                                                  for n in models}
+    for model in models.values():
+        decode_step_ms(model, 1, steps=1)  # warm-up
+    for _ in range(rounds):
+        for name, model in models.items():
+            for rows in TIMED_ROWS:
+                samples[name][f"rows_{rows}"].append(decode_step_ms(model, rows))
+    return {n: {k: round(sorted(v)[len(v) // 2], 3) for k, v in by.items()}
+            for n, by in samples.items()}
+
+
+def speedups(timings: dict[str, dict[str, float]], name: str,
+             reference: str = "float32") -> dict[str, float]:
+    """Speed-up of `name` over `reference` per timed row count."""
+    return {k: timings[reference][k] / timings[name][k] for k in timings[reference]}
+
+
+def faster_everywhere(ratios: dict[str, float]) -> bool:
+    """No row count slower, and the geometric mean at least MIN_GAIN."""
+    mean = float(torch.tensor(list(ratios.values())).log().mean().exp())
+    return min(ratios.values()) >= 1.0 and mean >= MIN_GAIN
+
+
+def choose_dtype(model: Any, requested: str, device: str,
+                 verdicts: dict[str, bool] | None = None) -> tuple[Any, DtypeChoice]:
+    """`model` (float32) in the dtype to serve, and why.
+
+    A pinned dtype (`requested` in DTYPES) is served even if its parity failed (logged).
+    `auto`: only dtypes `verdicts` passed when a manifest exists; then bfloat16 on a GPU, and on
+    a CPU bfloat16 only if it decodes no slower than float32 at any timed batch size and
+    MIN_GAIN faster on the geometric mean (CPUs without bf16 instructions do not get there).
+    """
+    if requested != AUTO and requested not in DTYPES:
+        raise ValueError(f"llm_dtype must be auto or one of {', '.join(DTYPES)} (got "
+                         f"{requested!r})")
+    if requested != AUTO:
+        why = "pinned by config (llm_dtype / TUNESHIP_LLM_DTYPE)"
+        if verdicts is not None and not verdicts.get(requested, requested == "float32"):
+            log.warning("serving %s as pinned although its parity did not pass", requested)
+            why += "; its parity did not pass"
+        return _cast(model, requested), DtypeChoice(requested, "config", why, verdicts=verdicts)
+    if verdicts is not None and not verdicts.get("bfloat16"):
+        return model, DtypeChoice("float32", "manifest", "bfloat16 has no passed parity in the "
+                                  "model's runtimes/manifest.json", verdicts=verdicts)
+    if device != "cpu":
+        return _cast(model, "bfloat16"), DtypeChoice("bfloat16", "device",
+                                                     f"bfloat16 on {device}", verdicts=verdicts)
+    candidate = copy.deepcopy(model).to(torch.bfloat16)
+    _cpu_weight_layout(model)  # float32 as the engine would serve it
+    timings = time_dtypes({"float32": model, "bfloat16": candidate})
+    ratios = speedups(timings, "bfloat16")
+    faster = faster_everywhere(ratios)
+    chosen = "bfloat16" if faster else "float32"
+    reason = (f"bfloat16 decode speed-up over float32 here: "
+              f"{', '.join(f'{k} {v:.2f}x' for k, v in ratios.items())} (needs >= 1 at each "
+              f"and a geometric mean >= {MIN_GAIN}x)")
+    return (candidate if faster else model), DtypeChoice(chosen, "timing", reason, timings,
+                                                         verdicts)
+
+
+def _cast(model: Any, dtype: str) -> Any:
+    return model.to(getattr(torch, dtype))

@@ -20,8 +20,11 @@ seconds). TUNESHIP_LLM_ADAPTERS (`name=folder` or `name=bento-model-tag`, comma-
 local adapters. The same guards as `/classify` (guards.py: API key, JSON only, body limit;
 OpenAI-shaped errors on /v1). Engine settings are the `llm_*` bento arguments (conf/serve/); a
 TUNESHIP_LLM_<NAME> environment variable overrides one at serve time (tests, benchmarks):
-KV_BUDGET, MAX_BATCH, MAX_QUEUE, ADAPTER_MODE, REGISTRY_POLL_S, DTYPE (default: the registered
-dtype on CPU, bfloat16 on a GPU).
+KV_BUDGET, MAX_BATCH, MAX_QUEUE, ADAPTER_MODE, REGISTRY_POLL_S, DTYPE (`llm_dtype`: auto,
+float32 or bfloat16; auto = bfloat16 on a GPU, on a CPU bfloat16 only where it decodes faster
+at 1 and 16 rows, timed at start (engine.choose_dtype); never a dtype that failed parity where
+the model carries the optimize stage's runtimes/manifest.json; `/model` and the
+`tuneship_llm_dtype_info` metric say which and why).
 """
 
 from __future__ import annotations
@@ -41,7 +44,16 @@ import follow
 import openai_api
 import platform_mode
 from common import ModelRef, device, load_args, stored_card, torch_threads
-from engine import Engine, EngineFull, InvalidRequest, Observer, Request, SamplingParams
+from engine import (
+    Engine,
+    EngineFull,
+    InvalidRequest,
+    Observer,
+    Request,
+    SamplingParams,
+    choose_dtype,
+    manifest_verdicts,
+)
 from guards import Guard
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import (
@@ -84,6 +96,9 @@ WAITING = Gauge("tuneship_llm_num_requests_waiting", "Requests waiting for a pla
                 "scales on this)", LABEL, multiprocess_mode="livesum")
 PROMPT_TOKENS = Counter("tuneship_llm_prompt_tokens", "Prompt tokens read", LABEL)
 GENERATION_TOKENS = Counter("tuneship_llm_generation_tokens", "Tokens generated", LABEL)
+DTYPE_INFO = Gauge("tuneship_llm_dtype_info", "1 for the precision the base model's weights are "
+                   "served in, and how it was chosen", ["dtype", "chosen_by"],
+                   multiprocess_mode="livemax")
 FINISHED = Counter("tuneship_llm_requests", "Requests finished, by reason "
                    "(stop, length, cancelled, error)", [*LABEL, "finish_reason"])
 
@@ -219,6 +234,12 @@ def primary() -> tuple[str | None, dict[str, Any]]:
     return None, bentoml.models.get(MODEL_TAG).info.metadata
 
 
+def runtime_folders(adapter_key: str | None) -> list[Path]:
+    """Where the optimize stage's runtimes/ may sit: the served adapter's model, then the base's."""
+    tags = ([ARGS.llm_adapters[adapter_key]] if adapter_key is not None else []) + [MODEL_TAG]
+    return [Path(bentoml.models.get(tag).path) for tag in tags]
+
+
 def model_card() -> dict[str, Any]:
     """What `GET /model` shows first: the model `/generate` answers with, and the limits."""
     key, meta = primary()
@@ -247,6 +268,7 @@ async def model_endpoint(request: HTTPRequest) -> JSONResponse:
         card["served"] = {"models": [served.card(m) for m in served.model_ids()],
                           "registered": dict(service.follower.cards),
                           "skipped": dict(service.follower.skipped),
+                          "dtype": service.dtype_choice.card(),
                           "engine": service.engine.stats()}
     return JSONResponse(card)
 
@@ -371,13 +393,19 @@ class TuneshipLM:
         files = stored.info.metadata["transformers"]
         self.device = device()
         gpu = self.device == "cuda"
-        dtype_name = setting("dtype", "", str) or ("bfloat16" if gpu else files["torch_dtype"])
-        dtype = getattr(torch, dtype_name)
         self.tokenizer = AutoTokenizer.from_pretrained(stored.path_of(files["tokenizer"]))
         model = AutoModelForCausalLM.from_pretrained(
-            stored.path_of(files["model"]), dtype=dtype, use_safetensors=True)
+            stored.path_of(files["model"]), dtype=torch.float32, use_safetensors=True).eval()
         self.context = getattr(model.config, "max_position_embeddings", None) or 2048
         key, meta = primary()
+        if not gpu:
+            torch.set_num_threads(torch_threads())  # the engine's threads, for the timing
+        model, self.dtype_choice = choose_dtype(
+            model, setting("dtype", ARGS.llm_dtype, str), self.device,
+            manifest_verdicts(runtime_folders(key)))
+        dtype_name = self.dtype_choice.dtype
+        dtype = getattr(torch, dtype_name)
+        DTYPE_INFO.labels(dtype=dtype_name, chosen_by=self.dtype_choice.chosen_by).set(1)
         self.adapter = None if key is None else follow.engine_name(key)
         self.template: str | None = meta.get("prompt_template")
         self.defaults = meta.get("generation", {})

@@ -108,6 +108,9 @@ class ServeArgs(BaseModel):
     llm_max_batch: int | None = Field(None, gt=0)    # None: 32 (CPU), 64 (GPU)
     llm_max_queue: int = Field(64, ge=0)
     llm_adapter_mode: Literal["mixed", "grouped"] = "mixed"
+    # the base model's weights in the LLM engine: auto = bfloat16 on a GPU; on a CPU bfloat16
+    # only if timed faster at start (engine.choose_dtype); never a dtype that failed parity
+    llm_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 use_offline_hub()

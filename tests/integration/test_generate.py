@@ -7,6 +7,7 @@ the shedding test, on a server with small engine limits)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -17,6 +18,9 @@ import pytest
 
 from tests.integration.conftest import API_KEY, LM_NAME, Served
 
+# The answers are compared with float32 `generate`: the LLM servers of this session pin
+# float32 (auto may pick bfloat16 on a CPU with bf16 units; test_openai checks that one).
+os.environ.setdefault("TUNESHIP_LLM_DTYPE", "float32")
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROMPT = "ROMEO:\nBut soft, what light"

@@ -11,6 +11,7 @@ the same peft model (base + champion adapter), loaded in this process from the s
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from collections import Counter
@@ -36,6 +37,9 @@ from tests.integration.conftest import (
     isolated_env,
 )
 
+# The answers are compared with float32 `generate`: the LLM servers of this session pin
+# float32 (auto may pick bfloat16 on a CPU with bf16 units; test_openai checks that one).
+os.environ.setdefault("TUNESHIP_LLM_DTYPE", "float32")
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROMPT = "ROMEO:\nBut soft, what light"
@@ -466,6 +470,57 @@ def test_metrics_are_named_like_vllms(client, served_lm):
                         ("tuneship_llm_generation_tokens_total", version)):
         assert re.search(rf'^{name}\{{[^}}]*model_name="{re.escape(label)}"', text,
                          re.MULTILINE), name
+
+# --- the weights' precision ----------------------------------------------------------------------
+
+
+def test_model_and_metrics_name_the_dtype_served(served_lm):
+    card = httpx.get(f"{served_lm.open.url}/model", timeout=30).json()["served"]
+    assert card["dtype"]["dtype"] == card["engine"]["dtype"] == "float32"
+    assert card["dtype"]["chosen_by"] == "config"  # pinned above (TUNESHIP_LLM_DTYPE)
+    text = httpx.get(f"{served_lm.open.url}/metrics", timeout=30).text
+    assert re.search(r'^tuneship_llm_dtype_info\{[^}]*dtype="float32"[^}]*\} 1\.0$', text,
+                     re.MULTILINE)
+
+
+def test_bfloat16_serves_the_base_and_merged_adapters_and_restores_the_base(served_lm,
+                                                                          adapter_dir):
+    """The same bento pinned to bfloat16: reported so; the base, the champion and a local
+    adapter answer (a batch of one adapter runs merged), and the base answers as before once
+    the adapters are unmerged again (its bf16 weights restored exactly). Greedy tokens against
+    `generate` in bf16 are tests/unit/test_engine.py's: the smoke model is random, its logits
+    near-ties that bf16 rounding in another batch shape can flip."""
+    home = served_lm.bentoml_home.parent / "bentoml_bf16"
+    home.mkdir(exist_ok=True)
+    for part in ("bentos", "models"):
+        if not (home / part).exists():
+            (home / part).symlink_to(served_lm.bentoml_home / part)
+    env = {**isolated_env(served_lm.bentoml_home.parent), "BENTOML_HOME": str(home),
+           "TUNESHIP_LLM_DTYPE": "bfloat16", "TUNESHIP_LLM_ADAPTERS": f"{ADAPTER}={adapter_dir}"}
+    server = _start(env, served_lm.bentoml_home.parent / "bf16.log", f"{LM_NAME}:latest")
+    try:
+        _wait_ready(server, time.monotonic() + READY_TIMEOUT_S)
+        card = httpx.get(f"{server.url}/model", timeout=30).json()["served"]
+        assert (card["dtype"]["dtype"], card["engine"]["dtype"]) == ("bfloat16", "bfloat16")
+        assert card["dtype"]["chosen_by"] == "config"
+        with _small_client(server) as api:
+            def ask(model: str) -> str:
+                choice = api.completions.create(model=model, prompt=PROMPT, max_tokens=8,
+                                                temperature=0).choices[0]
+                assert choice.finish_reason in ("stop", "length"), model
+                return choice.text
+
+            first = ask(BASE)
+            adapted = ask(ADAPTER)
+            assert adapted != first  # the adapter is applied
+            assert ask(LM_NAME)
+            assert ask(ADAPTER) == adapted  # merged again after the champion's merge
+            assert ask(BASE) == first
+        after = httpx.get(f"{server.url}/model", timeout=30).json()["served"]["engine"]
+        assert after["adapter_merges"] == 3  # ADAPTER, LM_NAME, ADAPTER: each merged in turn
+    finally:
+        _stop(server)
+
 
 # --- following the registry (last: it registers a new version in the shared store) ----------
 

@@ -443,3 +443,124 @@ def test_rows_leaving_and_joining_at_different_times_stay_exact(model, tokenizer
     for (prompt, n), result in zip(cases, results, strict=True):
         assert result.completion_tokens == n
         assert result.text == reference(model, tokenizer, prompt, n, min_new_tokens=n), prompt
+
+
+# --- bfloat16 weights and the dtype choice ------------------------------------------------------
+
+def token_ids(results) -> list[list[int]]:
+    return [r.token_ids for r in results]
+
+
+FIRST = 6
+# Logit gap under which bf16 may pick another token than fp32: its weights keep 8 mantissa bits
+# (relative rounding 2**-9), which moves the tiny model's logits (std ~1.7) by hundredths.
+NEAR_TIE = 0.05
+
+
+def float32_greedy(model, tokenizer, prompt: str, n: int) -> tuple[list[int], list[torch.Tensor]]:
+    """fp32 `generate`: the greedy tokens and the logits each was chosen from."""
+    x = torch.tensor([ids(tokenizer, prompt)])
+    with torch.inference_mode():
+        out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
+                             max_new_tokens=n, min_new_tokens=n, output_scores=True,
+                             return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+    return out.sequences[0, x.shape[1]:].tolist(), [s[0] for s in out.scores]
+
+
+def test_bfloat16_engine_greedy_follows_float32_up_to_a_near_tie(tokenizer):
+    """bf16 weights give fp32's greedy tokens; where they part, fp32 itself scored the two
+    tokens within NEAR_TIE (a rounding-level tie). The engine reports the dtype."""
+    requests = [greedy(tokenizer, p, FIRST, ignore_eos=True) for p in PROMPTS]
+    with Engine(tiny_llama(tokenizer), tokenizer, max_batch=8, dtype=torch.bfloat16) as engine:
+        stats = engine.stats()
+        got = token_ids(asyncio.run(collect_all(engine, requests)))
+        assert next(engine.model.parameters()).dtype == torch.bfloat16
+    assert stats["dtype"] == "bfloat16"
+    assert stats.get("weights_transposed", 0) == 0  # the fp32-only layout is not applied
+    identical = 0
+    for prompt, tokens in zip(PROMPTS, got, strict=True):
+        want, scores = float32_greedy(tiny_llama(tokenizer), tokenizer, prompt, FIRST)
+        parted = next((i for i, (a, b) in enumerate(zip(tokens, want, strict=True)) if a != b),
+                      None)
+        if parted is None:
+            identical += 1
+            continue
+        logits = scores[parted]
+        assert float(logits[want[parted]] - logits[tokens[parted]]) < NEAR_TIE, (prompt, parted)
+    assert identical >= len(PROMPTS) - 1
+
+
+def test_bfloat16_adapter_runs_merged_and_the_base_weights_come_back_bit_exact(tokenizer,
+                                                                            tmp_path):
+    """In bf16 a merged adapter gives the unmerged adapter's first tokens, and switching between
+    adapter and base many times leaves every base weight exactly as loaded (restored, not
+    subtracted: bf16 rounding would otherwise remain)."""
+    from peft import PeftModel
+
+    folders = lora_folders(tokenizer, tmp_path)
+    model = tiny_llama(tokenizer).to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    peft = PeftModel.from_pretrained(tiny_llama(tokenizer), folders["poet"]).eval()
+    with Engine(peft, tokenizer, dtype=torch.bfloat16, merge_adapters=False) as engine:
+        unmerged = engine.generate(Request(ids(tokenizer, PROMPTS[0]),
+                                           SamplingParams(max_tokens=FIRST)), timeout=60)
+    with Engine(model, tokenizer, adapters=folders, dtype=torch.bfloat16) as engine:
+        for _ in range(10):
+            for adapter in ("poet", "clerk", None):
+                result = engine.generate(Request(ids(tokenizer, PROMPTS[0]),
+                                                 SamplingParams(max_tokens=FIRST), adapter),
+                                         timeout=60)
+                if adapter == "poet":
+                    assert result.token_ids == unmerged.token_ids
+        assert engine.stats()["adapter_merges"] == 20
+        after = {k.replace(".base_layer", ""): v
+                 for k, v in engine.model.get_base_model().state_dict().items()}
+    for name, value in before.items():
+        torch.testing.assert_close(after[name], value, rtol=0, atol=0)
+
+
+def test_choose_dtype_pinned_manifest_and_timing(tokenizer, tmp_path):
+    choose, Choice = engine_mod.choose_dtype, engine_mod.DtypeChoice
+    model, choice = choose(tiny_llama(tokenizer), "bfloat16", "cpu")
+    assert (next(model.parameters()).dtype, choice.chosen_by) == (torch.bfloat16, "config")
+    # a pinned dtype is honoured even when its parity failed, and says so
+    _, choice = choose(tiny_llama(tokenizer), "bfloat16", "cpu", {"bfloat16": False})
+    assert choice.dtype == "bfloat16" and "did not pass" in choice.reason
+    # auto never picks a dtype the manifest failed (or does not list)
+    for verdicts in ({"float32": True, "bfloat16": False}, {"float32": True}):
+        model, choice = choose(tiny_llama(tokenizer), "auto", "cpu", verdicts)
+        assert (choice.dtype, choice.chosen_by) == ("float32", "manifest")
+        assert next(model.parameters()).dtype == torch.float32
+    _, choice = choose(tiny_llama(tokenizer), "auto", "cuda", None)
+    assert (choice.dtype, choice.chosen_by) == ("bfloat16", "device")
+    model, choice = choose(tiny_llama(tokenizer), "auto", "cpu", {"bfloat16": True})
+    assert isinstance(choice, Choice) and choice.chosen_by == "timing"
+    assert set(choice.timings_ms) == {"float32", "bfloat16"}
+    assert set(choice.timings_ms["float32"]) == {"rows_1", "rows_16"}
+    faster = engine_mod.faster_everywhere(engine_mod.speedups(choice.timings_ms, "bfloat16"))
+    assert choice.dtype == ("bfloat16" if faster else "float32")
+    assert str(next(model.parameters()).dtype) == f"torch.{choice.dtype}"
+    with pytest.raises(ValueError, match="llm_dtype must be auto or one of float32, bfloat16"):
+        choose(tiny_llama(tokenizer), "float16", "cpu")
+
+
+def test_bfloat16_must_not_be_slower_at_any_batch_size():
+    faster = engine_mod.faster_everywhere
+    assert faster({"rows_1": 1.05, "rows_16": 1.8})
+    assert not faster({"rows_1": 0.81, "rows_16": 1.83})  # a lone client would pay for it
+    assert not faster({"rows_1": 1.02, "rows_16": 1.1})   # geometric mean below MIN_GAIN
+
+
+def test_manifest_verdicts_read_the_first_folder_with_a_manifest(tmp_path):
+    import json
+
+    adapter, base, bare = tmp_path / "adapter", tmp_path / "base", tmp_path / "bare"
+    for folder in (adapter, base, bare):
+        folder.mkdir()
+    (base / "runtimes").mkdir()
+    (base / "runtimes" / "manifest.json").write_text(json.dumps({"runtimes": [
+        {"name": "torch-bf16", "kind": "torch", "dtype": "bfloat16", "passed": True,
+         "parity": {"perplexity_ratio": 1.004}},
+        {"name": "onnx-int8", "kind": "onnx", "dtype": "int8", "passed": True}]}))
+    assert engine_mod.manifest_verdicts([bare]) is None
+    assert engine_mod.manifest_verdicts([adapter, base]) == {"bfloat16": True}

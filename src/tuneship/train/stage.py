@@ -16,7 +16,7 @@ from tuneship.context import StageContext
 from tuneship.errors import TuneshipError
 from tuneship.settings import set_threads
 from tuneship.train import resume
-from tuneship.train.trainer import training_args
+from tuneship.train.trainer import resolved, training_args
 
 log = logging.getLogger(__name__)
 # Extra callbacks, "module:Class,...", each built with no arguments (the jobs service's progress).
@@ -51,6 +51,8 @@ def run(ctx: StageContext) -> dict:
         checkpoint = resume.checkpoint_to_resume(cfg.resume, ctx.work.checkpoints, signature)
     main = args.process_index == 0
     with ctx.stage_run("train", main=main):
+        if main:
+            mlflow.log_params(resolved(args))  # what `auto` chose on this machine
         callbacks = ([EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)]
                      if cfg.early_stopping_patience else []) + extra_callbacks()
         trainer = Trainer(model=built.model, args=args, train_dataset=prepared.splits["train"],

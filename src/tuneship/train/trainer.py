@@ -12,19 +12,36 @@ from transformers import TrainingArguments
 from tuneship.config import TrainConfig
 from tuneship.errors import TuneshipError
 from tuneship.settings import pick_device
+from tuneship.train.hardware import AMX_BF16, AVX512_BF16, FlagReader, cpu_bf16, cpu_flags
 
 log = logging.getLogger(__name__)
 
 
-def pick_precision(requested: str, device: str) -> str:
-    """`auto` → bf16 on Ampere+ GPUs, fp16 on older GPUs, fp32 on CPU."""
-    if requested != "auto":
-        if requested in ("bf16", "fp16") and device == "cpu":
-            raise TuneshipError(f"train.precision={requested} needs a GPU; use auto or fp32")
-        return requested
-    if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+def pick_precision(requested: str, device: str, flags: FlagReader = cpu_flags) -> str:
+    """`auto` → bf16 on Ampere+ GPUs, fp16 on older GPUs; on a CPU bf16 (autocast) where it has
+    AMX-BF16 or AVX512-BF16 (`flags` reads the CPU's flags), else fp32.
+
+    Raises TuneshipError for fp16 on a CPU, or bf16 on a CPU without those instructions.
+    """
+    bf16_unit = cpu_bf16(flags) if device == "cpu" else None
+    if requested == "auto":
+        if device == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if bf16_unit else "fp32"
+    if device == "cpu" and requested == "fp16":
+        raise TuneshipError("train.precision=fp16 needs a GPU; use auto, bf16 or fp32")
+    if device == "cpu" and requested == "bf16" and not bf16_unit:
+        raise TuneshipError("train.precision=bf16 on a CPU needs AMX-BF16 or AVX512-BF16 "
+                            f"({AMX_BF16} / {AVX512_BF16} in /proc/cpuinfo), which this CPU "
+                            "lacks; use auto or fp32")
+    return requested
+
+
+def resolved(args: TrainingArguments) -> dict[str, str]:
+    """The device and precision `args` train with, as run params (`train.precision` may be auto)."""
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    return {"train.resolved_device": "cpu" if args.use_cpu else args.device.type,
+            "train.resolved_precision": precision}
 
 
 def training_args(cfg: TrainConfig, out_dir: Path, seed: int,
