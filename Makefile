@@ -17,7 +17,7 @@ LINT_DIRS := $(wildcard src pipelines tests benchmarks bentos)
 # BentoML keeps models and bentos inside the checkout (ignored by git).
 export BENTOML_HOME ?= $(CURDIR)/bentoml_home
 
-.PHONY: help setup pipeline preprocess train eval register promote rollback mlflow-ui tracking-server train-ddp \
+.PHONY: help setup pipeline preprocess train eval register promote optimize rollback mlflow-ui tracking-server train-ddp \
 	test test-fast test-slow lint format clean figures
 
 help: ## List the targets
@@ -47,6 +47,8 @@ register: setup ## Stage 4 alone: new version, alias @challenger
 	$(PY) pipelines/register.py $(HYDRA_ARGS)
 promote: setup ## Stage 5 alone: the gate; a passing challenger becomes @champion
 	$(PY) pipelines/promote.py $(HYDRA_ARGS)
+optimize: setup ## After promote: ONNX/int8/bf16 runtimes of the version, parity-gated, logged to it
+	$(PY) pipelines/optimize.py $(HYDRA_ARGS)
 NPROC ?= 2
 train-ddp: setup ## Stage 2 with torchrun: NPROC processes (gloo on CPU, nccl on GPUs), one MLflow run
 	TUNESHIP_RUN_STAMP=$$(date +%Y-%m-%d_%H-%M-%S)-ddp $(VENV)/bin/torchrun --standalone \
@@ -69,7 +71,7 @@ mlflow-ui: setup ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) over the embedd
 		--host 127.0.0.1 --port $(MLFLOW_PORT)
 
 test: setup ## All tests: unit, integration, slow (and container tests where an engine exists)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30  # the slowest 30 are listed: the suite's time budget
 
 test-fast: setup ## The fast tier: no slow or container tests (a few minutes)
 	$(PY) -m pytest -q -m "not slow and not container"
@@ -150,3 +152,13 @@ serve-platform: setup ## Serve $(experiment)'s bento + files + fine-tuning jobs 
 	TUNESHIP_PLATFORM=1 TUNESHIP_JOBS_CONFIG=$(abspath $(JOBS_CONFIG)) $(BENTOML) serve $(BENTO) \
 		--host $(SERVE_HOST) --port $(SERVE_PORT)
 # --- end serving ---------------------------------------------------------------------------
+
+# --- monitoring (deploy/monitoring/README.md) ----------------------------------------------------
+MONITOR_PORT ?= 9090
+.PHONY: monitor monitoring-up
+monitor: setup ## Drift of the served $(experiment) champion: a window of the inference table vs its training data (Evidently -> MLflow)
+	$(PY) pipelines/monitor.py $(HYDRA_ARGS)
+monitoring-up: ## Prometheus on http://127.0.0.1:$(MONITOR_PORT) scraping deploy/monitoring/targets/*.json
+	@command -v prometheus >/dev/null || { echo "monitoring-up: no prometheus: apt-get install -y prometheus" >&2; exit 1; }
+	prometheus --config.file=deploy/monitoring/prometheus.yml --storage.tsdb.path=$(CURDIR)/.prometheus \
+		--web.listen-address=127.0.0.1:$(MONITOR_PORT)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Literal, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneship.errors import TuneshipError
 
@@ -141,6 +141,34 @@ class RegistryConfig(_Section):
     gate: GateConfig = GateConfig()
 
 
+class OptimizeGateConfig(_Section):
+    """A candidate runtime passes when it stays this close to the version's fp32 model."""
+
+    max_accuracy_drop: float = Field(0.005, ge=0, le=1)   # classification: absolute, on the test split
+    min_agreement: float = Field(0.99, ge=0, le=1)        # classification: same label as fp32
+    max_perplexity_rise: float = Field(0.02, ge=0)        # causal LM: perplexity ratio - 1
+
+
+class OptimizeConfig(_Section):
+    # auto: the version this pipeline registered, else @champion; or `@<alias>`, or a number.
+    version: str = Field("auto", pattern=r"^(auto|@[A-Za-z0-9][A-Za-z0-9_\-]*|[1-9][0-9]*)$")
+    candidates: list[str] = ["onnx-fp32", "onnx-int8", "torch-bf16"]
+    gate: OptimizeGateConfig = OptimizeGateConfig()
+    batch_size: int = Field(64, gt=0)                # scoring batches (sorted by length)
+    max_rows: int | None = Field(None, gt=0)         # score on the first N test rows only
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _number_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _unique(self) -> OptimizeConfig:
+        if len(set(self.candidates)) != len(self.candidates):
+            raise ValueError(f"optimize.candidates lists a runtime twice: {self.candidates}")
+        return self
+
+
 S = TypeVar("S", bound=_Section)
 
 
@@ -163,7 +191,7 @@ def section(cfg: DictConfig, key: str, schema: type[S]) -> S:
 
 SCHEMAS: dict[str, type[_Section]] = {
     "data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
-    "registry": RegistryConfig,
+    "registry": RegistryConfig, "optimize": OptimizeConfig,
 }
 
 

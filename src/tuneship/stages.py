@@ -22,7 +22,8 @@ ORDER = ("preprocess", "train", "evaluate", "register", "promote")
 # only what it needs.
 STAGES = {"preprocess": "tuneship.data.stage:run", "train": "tuneship.train.stage:run",
           "evaluate": "tuneship.evaluation.stage:run", "register": "tuneship.registry.register:run",
-          "promote": "tuneship.registry.promote:run", "rollback": "tuneship.registry.promote:rollback"}
+          "promote": "tuneship.registry.promote:run", "rollback": "tuneship.registry.promote:rollback",
+          "optimize": "tuneship.optimize.stage:run"}
 
 
 def stage(name: str) -> Callable[[StageContext], dict]:

@@ -6,6 +6,7 @@
     <work_dir>/model/              the trained model + train_result.json (train)
     <work_dir>/eval/report.json    test-split figures, with the stage's other reports (evaluate)
     <work_dir>/registered.json     the version this pipeline registered (register → promote)
+    <work_dir>/optimize/           candidate runtimes being built and runtimes/manifest.json (optimize)
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ class WorkDir:
     @property
     def registered(self) -> Path:
         return self.root / "registered.json"
+
+    @property
+    def optimize(self) -> Path:
+        return self.root / "optimize"
 
     def save_prepared(self, prepared: Prepared) -> None:
         """Write atomically: a reader never sees a half-written dataset."""

@@ -1,5 +1,5 @@
 """The task plug-in: what differs between tasks. The stages (preprocess, train, evaluate,
-register, promote) are written once and call these methods; they own everything else (MLflow
+register, promote, optimize) are written once and call these methods; they own everything else (MLflow
 runs, rank-0 side effects, resume, redaction, lineage, the gate)."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from tuneship.config import OptimizeConfig
     from tuneship.context import StageContext
     from tuneship.workdir import Prepared
 
@@ -39,6 +40,32 @@ class Logged:
     card: str                                               # the task's section of the card
     lineage: dict[str, str] = field(default_factory=dict)  # extra version tags
     result: dict[str, str] = field(default_factory=dict)   # extra keys of the stage's result
+
+
+@dataclass
+class Candidate:
+    """A runtime built from a registered version's fp32 model, ready to be scored against it."""
+
+    name: str                   # e.g. onnx-int8
+    runner: Any                 # what the task's suite scores (an onnxruntime session, a module)
+    folder: Path | None = None  # its files (model.onnx), logged under runtimes/<name>/
+
+
+class RuntimeSuite(ABC):
+    """What a task gives the optimize stage for one version: the runtimes it can build and the
+    parity figures of each against the version's fp32 model (`reference`) on the test split."""
+
+    reference: ClassVar[str] = "torch-fp32"
+    # name → (kind, dtype) of each runtime it builds, e.g. "onnx-int8": ("onnx", "int8")
+    runtimes: ClassVar[dict[str, tuple[str, str]]]
+
+    @abstractmethod
+    def build(self, name: str, out: Path) -> Candidate:
+        """Build runtime `name`, writing any files under `out`."""
+
+    @abstractmethod
+    def parity(self, candidate: Candidate) -> dict[str, float]:
+        """The candidate's figures against the reference (keys the optimize gate knows)."""
 
 
 class Task(ABC):
@@ -93,3 +120,10 @@ class Task(ABC):
     def rescore(self, ctx: StageContext, version: ModelVersion, metric: str) -> float:
         """Score a registered version on this pipeline's test split (a champion tested on
         other data)."""
+
+    def runtime_suite(self, ctx: StageContext, version: ModelVersion,
+                      cfg: OptimizeConfig) -> RuntimeSuite:
+        """The optimize stage's runtimes of a registered `version`, scored on this test split."""
+        from tuneship.errors import TuneshipError
+
+        raise TuneshipError(f"the {self.name} task has no optimized runtimes")

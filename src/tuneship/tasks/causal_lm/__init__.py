@@ -27,12 +27,13 @@ from tuneship.errors import TuneshipError
 from tuneship.evaluation import bootstrap
 from tuneship.registry.lineage import pinned
 from tuneship.settings import pick_device
-from tuneship.tasks.base import Built, Logged, Task
+from tuneship.tasks.base import Built, Logged, RuntimeSuite, Task
 from tuneship.tasks.causal_lm import data, model, registry, scoring
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
+    from tuneship.config import OptimizeConfig
     from tuneship.context import StageContext
     from tuneship.workdir import Prepared
 
@@ -167,6 +168,13 @@ other text will be higher."""
         nll, counts = scoring.block_nll(parts["model"], tokenizer, prepared.splits["test"],
                                         ctx.eval.batch_size)
         return scoring.perplexity(nll, counts)
+
+    def runtime_suite(self, ctx: StageContext, version: ModelVersion,
+                      cfg: OptimizeConfig) -> RuntimeSuite:
+        """torch bf16 and int8 runtimes of the version's model (runtimes.py)."""
+        from tuneship.tasks.causal_lm import runtimes
+
+        return runtimes.suite(ctx, version, cfg)
 
 
 def _example(samples) -> str:

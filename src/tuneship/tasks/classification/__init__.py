@@ -19,12 +19,13 @@ from tuneship.errors import TuneshipError
 from tuneship.evaluation import behaviour, bootstrap, report
 from tuneship.registry.lineage import pinned
 from tuneship.settings import pick_device
-from tuneship.tasks.base import Built, Logged, Task
+from tuneship.tasks.base import Built, Logged, RuntimeSuite, Task
 from tuneship.tasks.classification import data, model
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
+    from tuneship.config import OptimizeConfig
     from tuneship.context import StageContext
     from tuneship.workdir import Prepared
 
@@ -143,6 +144,13 @@ class Classification(Task):
                                 f"that this dataset does not have: the two cannot be compared")
         preds = np.array([names.index(p) for p in predicted])
         return metrics.score(metric, np.asarray(column(test, "label")), preds, ctx.eval.average)
+
+    def runtime_suite(self, ctx: StageContext, version: ModelVersion,
+                      cfg: OptimizeConfig) -> RuntimeSuite:
+        """ONNX Runtime fp32/int8 and torch bf16/int8 runtimes of `version` (runtimes.py)."""
+        from tuneship.tasks.classification import runtimes  # onnx, onnxruntime: only here
+
+        return runtimes.suite(ctx, version, cfg)
 
 
 @torch.inference_mode()
