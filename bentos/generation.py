@@ -55,6 +55,8 @@ from engine import (
     manifest_verdicts,
 )
 from guards import Guard
+from inference_log import InferenceLog, feedback_endpoint
+from inference_log import options as log_options
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import (
     BaseModel,
@@ -371,6 +373,7 @@ routes = Starlette(routes=[
     Route("/admin/reload", reload_endpoint, methods=["POST"]),
     Route("/generate", generate_endpoint, methods=["POST"]),
     Route("/generate_stream", generate_stream_endpoint, methods=["POST"]),
+    Route("/feedback", feedback_endpoint, methods=["POST"]),
 ])
 routes.state.service = None
 openai_app = openai_api.build_app()
@@ -477,3 +480,5 @@ TuneshipLM.add_asgi_middleware(Guard, api_key=os.environ.get("TUNESHIP_API_KEY")
                                max_body_bytes=ARGS.max_request_bytes,
                                delegated_prefixes=platform_mode.DELEGATED_PREFIXES
                                if upload_limit else (), delegated_max_body_bytes=upload_limit)
+# Added second = inside the Guard: only requests with a valid key are recorded.
+TuneshipLM.add_asgi_middleware(InferenceLog, card=model_card, **log_options(ARGS))
