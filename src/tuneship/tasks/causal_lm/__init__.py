@@ -153,19 +153,9 @@ other text will be higher."""
             raise TuneshipError(f"cannot re-score champion v{version.version} on '{metric}' for "
                                 "the causal_lm task: use registry.gate.metric=perplexity")
         prepared = ctx.work.load_prepared()
-        uri = f"models:/{version.name}/{version.version}"
-        flavor = mlflow.models.get_model_info(uri).flavors["transformers"]
-        local = flavor.get("local_base_model_path")  # set for an adapter version
-        extra = ({"base_model_path": registry.base_folder(ctx.client(), version, local)}
-                 if local else {})
-        parts = mlflow.transformers.load_model(uri, return_type="components", **extra)
-        tokenizer = parts["tokenizer"]
-        if data.tokenizer_digest(tokenizer) != prepared.stats["tokenizer"]:
-            raise TuneshipError(f"champion v{version.version} uses another vocabulary: "
-                                "perplexities per token cannot be compared")
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        nll, counts = scoring.block_nll(parts["model"], tokenizer, prepared.splits["test"],
+        lm, tokenizer = registry.load_scorable(ctx.client(), version,
+                                               prepared.stats["tokenizer"])
+        nll, counts = scoring.block_nll(lm, tokenizer, prepared.splits["test"],
                                         ctx.eval.batch_size)
         return scoring.perplexity(nll, counts)
 

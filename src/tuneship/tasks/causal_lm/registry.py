@@ -20,6 +20,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from tuneship.errors import TuneshipError
 from tuneship.registry.lineage import pinned
+from tuneship.tasks.causal_lm.data import tokenizer_digest
 from tuneship.tasks.causal_lm.model import BaseRef, load_base
 
 log = logging.getLogger(__name__)
@@ -75,3 +76,20 @@ def base_folder(client: MlflowClient, version: ModelVersion, local: str | None) 
     folder = Path(mlflow.artifacts.download_artifacts(uri))
     binary = mlflow.models.get_model_info(uri).flavors["transformers"]["model_binary"]
     return str(folder / binary)
+
+
+def load_scorable(client: MlflowClient, version: ModelVersion, vocabulary: str):
+    """A registered version's model and tokenizer (an adapter with its base), ready to score
+    test blocks tokenized with `vocabulary` (a tokenizer digest); another vocabulary is an
+    error, since perplexities per token would not compare."""
+    uri = f"models:/{version.name}/{version.version}"
+    local = mlflow.models.get_model_info(uri).flavors["transformers"].get("local_base_model_path")
+    extra = {"base_model_path": base_folder(client, version, local)} if local else {}
+    parts = mlflow.transformers.load_model(uri, return_type="components", **extra)
+    tokenizer = parts["tokenizer"]
+    if tokenizer_digest(tokenizer) != vocabulary:
+        raise TuneshipError(f"{version.name} v{version.version} uses another vocabulary than "
+                            "this test split: perplexities per token cannot be compared")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return parts["model"], tokenizer

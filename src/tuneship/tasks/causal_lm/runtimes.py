@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import datasets
-import mlflow
 import torch
 from mlflow.entities.model_registry import ModelVersion
 
 from tuneship.config import OptimizeConfig
 from tuneship.errors import TuneshipError
 from tuneship.tasks.base import Candidate, RuntimeSuite
-from tuneship.tasks.causal_lm import data, registry, scoring
+from tuneship.tasks.causal_lm import registry, scoring
 
 if TYPE_CHECKING:
     from tuneship.context import StageContext
@@ -69,14 +68,5 @@ def suite(ctx: StageContext, version: ModelVersion, cfg: OptimizeConfig) -> LMRu
     blocks = prepared.splits["test"]
     if cfg.max_rows:
         blocks = blocks.select(range(min(cfg.max_rows, len(blocks))))
-    uri = f"models:/{version.name}/{version.version}"
-    local = mlflow.models.get_model_info(uri).flavors["transformers"].get("local_base_model_path")
-    extra = {"base_model_path": registry.base_folder(ctx.client(), version, local)} if local else {}
-    parts = mlflow.transformers.load_model(uri, return_type="components", **extra)
-    tokenizer = parts["tokenizer"]
-    if data.tokenizer_digest(tokenizer) != prepared.stats["tokenizer"]:
-        raise TuneshipError(f"{version.name} v{version.version} uses another vocabulary than "
-                            "this test split: perplexities per token cannot be compared")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return LMRuntimes(parts["model"], tokenizer, blocks, cfg.batch_size)
+    model, tokenizer = registry.load_scorable(ctx.client(), version, prepared.stats["tokenizer"])
+    return LMRuntimes(model, tokenizer, blocks, cfg.batch_size)
