@@ -11,6 +11,8 @@ Each server runs alone on a free loopback port and is stopped before the next st
 2. `shared` (not run by default): the same with TUNESHIP_LONE_DISPATCH=0, one batching API for
    every request, as before lone dispatch; `fp32` (not by default): batching on, served by
    eager fp32 (TUNESHIP_RUNTIME=torch-fp32) whatever runtimes the model has;
+   `recorded` (not by default): batching on with the inference table at 100 % sampling
+   (TUNESHIP_INFERENCE_LOG_DIR under --log-dir, privacy `redacted`): the recording's cost;
 3. the same bento with TUNESHIP_BATCHING=0 (each request is its own forward pass);
 4. a hand-written FastAPI app calling `transformers.pipeline` on the same model files.
 Each server is warmed up at c=8 first, so a batcher has learned from concurrent traffic
@@ -365,13 +367,16 @@ def ratio_lines(phases: list[Phase]) -> list[str]:
         on, off = by.get(("bentoml-batching", c)), by.get(("bentoml-no-batching", c))
         if on and off:
             parts.insert(0, f"batching on/off {on / off:.2f}x")
+        recorded = by.get(("bentoml-batching-recorded", c))
+        if on and recorded:
+            parts.insert(0, f"recorded/on {recorded / on:.3f}x")
         if parts:
             ratios.append(f"c={c}: " + ", ".join(parts))
     return ratios
 
 
 VARIANTS = ("bentoml-batching", "bentoml-batching-fp32", "bentoml-batching-shared",
-            "bentoml-no-batching", "fastapi-pipeline")
+            "bentoml-batching-recorded", "bentoml-no-batching", "fastapi-pipeline")
 
 
 def result_tables(phases: list[Phase], servers: list[Server], alone: dict[int, float],
@@ -399,10 +404,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_server_args(parser, model="tuneship-smoke", concurrency=[1, 8, 32], duration=10.0)
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up at c=8")
     parser.add_argument("--texts", type=int, default=1, help="texts per request")
-    parser.add_argument("--only", nargs="+", choices=["on", "fp32", "shared", "off", "fastapi"],
+    parser.add_argument("--only", nargs="+", choices=["on", "fp32", "shared", "recorded", "off", "fastapi"],
                         default=["on", "off", "fastapi"],
                         help="variants, in this order (shared: one batching API for all; "
-                             "fp32: eager fp32 whatever the model's runtimes)")
+                             "fp32: eager fp32 whatever the model's runtimes; recorded: "
+                             "on + the inference table at 100 %)")
     parser.add_argument("--runtime", help="TUNESHIP_RUNTIME for the bento variants but fp32 "
                                           "(default: each server chooses at start)")
     parser.add_argument("--rounds", type=int, default=0,
@@ -438,6 +444,10 @@ def main(argv: list[str] | None = None) -> None:
                   "TUNESHIP_RUNTIME": "torch-fp32"}),
         "shared": ("bentoml-batching-shared", lambda p: bento_command(bento, p),
                    {"TUNESHIP_BATCHING": "1", "TUNESHIP_LONE_DISPATCH": "0", **pinned}),
+        "recorded": ("bentoml-batching-recorded", lambda p: bento_command(bento, p),
+                     {"TUNESHIP_BATCHING": "1", "TUNESHIP_LONE_DISPATCH": "1", **pinned,
+                      "TUNESHIP_INFERENCE_LOG_DIR": str(args.log_dir / "inference_log"),
+                      "TUNESHIP_INFERENCE_LOG_SAMPLE_RATE": "1"}),
         "off": ("bentoml-no-batching", lambda p: bento_command(bento, p),
                 {"TUNESHIP_BATCHING": "0", **pinned}),
         "fastapi": ("fastapi-pipeline", lambda p: baseline_command(model_dir, tokenizer_dir, p),

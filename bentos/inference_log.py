@@ -18,6 +18,7 @@ monitor writes (`<directory>/drift_status.json`).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import datetime as dt
 import json
@@ -108,6 +109,9 @@ class InferenceLog:
         ACTIVE = self.writer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" and self.writer is not None:
+            await self.app(scope, self._closing_on_shutdown(receive), send)
+            return
         if scope["type"] != "http" or scope["path"] not in RECORDED:
             await self.app(scope, receive, send)
             return
@@ -125,6 +129,18 @@ class InferenceLog:
         finally:
             record.latency_s = time.perf_counter() - start
             self.writer.submit("requests", record)  # type: ignore[union-attr]
+
+
+    def _closing_on_shutdown(self, receive: Receive) -> Receive:
+        """`receive` for the lifespan scope: on `lifespan.shutdown` (the server stopping, e.g.
+        on SIGTERM) the writer writes what is queued before the app shuts down."""
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await asyncio.to_thread(self.writer.close)  # type: ignore[union-attr]
+            return message
+
+        return wrapped
 
 
 def options(args: Any, env: MutableMapping[str, str] = os.environ) -> dict[str, Any]:

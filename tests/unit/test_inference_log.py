@@ -120,6 +120,18 @@ def test_classify_row_has_the_fields(tmp_path: Path) -> None:
     assert (tmp_path / "requests" / f"date={row['time'].date().isoformat()}").is_dir()
 
 
+def test_server_shutdown_writes_what_is_queued(tmp_path: Path) -> None:
+    # A long flush interval: only the lifespan shutdown (a server stopping on SIGTERM) writes.
+    app, recorder = build(tmp_path, flush_interval_s=3600, flush_rows=10_000)
+    with TestClient(app) as client:  # leaving it runs the ASGI lifespan shutdown
+        for i in range(5):
+            assert client.post("/classify", json={"texts": [f"text {i}"]},
+                               headers=AUTH).status_code == 200
+        assert not (tmp_path / "requests").exists()  # still queued
+    assert len(rows(tmp_path)) == 5
+    assert recorder.writer._thread is None  # stopped
+
+
 def test_sse_is_passed_through_and_its_text_recorded(tmp_path: Path) -> None:
     app, recorder = build(tmp_path, privacy="full")
     body = {"messages": [{"role": "user", "content": "ROMEO:"}], "stream": True}
