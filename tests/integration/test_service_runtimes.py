@@ -89,9 +89,11 @@ def optimized(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Optim
     tmp = tmp_path_factory.mktemp("runtimes")
     client = MlflowClient(served.tracking_uri)
     version = client.get_model_version_by_alias(NAME, "champion")
+    # The version's storage location asked of this registry: a `models:/` URI would be resolved
+    # against the process's default registry, which earlier tests may have set elsewhere.
     files = Path(mlflow.artifacts.download_artifacts(
-        f"models:/{NAME}/{version.version}", dst_path=str(tmp / "model"),
-        tracking_uri=served.tracking_uri))
+        artifact_uri=client.get_model_version_download_uri(NAME, version.version),
+        dst_path=str(tmp / "model"), tracking_uri=served.tracking_uri))
     export(files / "model", tmp / "runtimes")
     (tmp / "runtimes" / "manifest.json").write_text(json.dumps(manifest()))
     client.log_artifacts(version.run_id, str(tmp / "runtimes"), "runtimes")
