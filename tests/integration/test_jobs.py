@@ -90,6 +90,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory):
     cfg.port = free_port()
     cfg.keys = [{"owner": o, "sha256": hash_key(k)} for o, k in KEYS.items()]
     cfg.executor.poll_s = 0.2
+    cfg.on_model_ready = "tests.integration.jobs_hook:slow_ready"
     config = root / "jobs.yaml"
     OmegaConf.save(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)), config)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
@@ -195,6 +196,12 @@ def test_chat_job_ends_in_a_registered_model_with_events_and_checkpoints(platfor
     version = platform.mlflow().get_model_version(done.fine_tuned_model, "1")
     assert version.tags["job.id"] == job.id and version.tags["job.training_file"] == f.id
     assert version.tags["job.training_file_sha256"] == c.files.retrieve(f.id).sha256
+    # The serving seam runs after `succeeded` and is not cut short by the worker.
+    marker = platform.root / "state" / "ready" / job.id
+    deadline = time.monotonic() + 30
+    while not marker.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.is_file() and marker.read_text() == done.fine_tuned_model, platform.logs()
 
 
 def test_classification_job_from_csv_predicts_its_labels(platform, tmp_path):

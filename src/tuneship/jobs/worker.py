@@ -31,6 +31,7 @@ from tuneship.jobs.store import Job, Store
 from tuneship.settings import project_root
 
 log = logging.getLogger("tuneship.jobs.worker")
+OUTCOME_GRACE_S = 60.0  # a process still running this long after its outcome is stopped
 
 
 def serve(settings: JobsSettings) -> None:
@@ -130,14 +131,20 @@ def spawn(settings: JobsSettings, job: Job) -> subprocess.Popen:
 
 
 def watch(settings: JobsSettings, store: Store, job_id: str, proc: subprocess.Popen) -> None:
-    """Wait for the process; stop it when the job leaves `running` (cancelled)."""
+    """Wait for the process; stop it when the job is cancelled, or when it lingers more than
+    `OUTCOME_GRACE_S` after writing its outcome (the on_model_ready hook runs after `succeeded`)."""
+    ended_at: float | None = None
     while True:
         try:
             proc.wait(timeout=settings.executor.poll_s)
             break
         except subprocess.TimeoutExpired:
             job = store.job(job_id)
-            if job is not None and job.status != "running":
+            status = job.status if job is not None else "cancelled"
+            if status != "running" and ended_at is None:
+                ended_at = time.monotonic()
+            if status == "cancelled" or (ended_at is not None
+                                         and time.monotonic() - ended_at > OUTCOME_GRACE_S):
                 stop(proc, settings.executor.kill_grace_s)
                 break
     job = store.job(job_id)
