@@ -33,6 +33,7 @@ from tests.integration.conftest import (
     run_script,
     serving,
 )
+from tests.runtime_files import export_onnx
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MORE_TEXTS = [*TEXTS, "not bad at all", "a waste of a good cast", "I loved every minute",
@@ -50,21 +51,9 @@ class Optimized:
 
 def export(model_dir: Path, folder: Path) -> None:
     """`onnx-fp32/model.onnx` of the model's own weights and its dynamic int8 quantization."""
-    import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    (folder / "onnx-fp32").mkdir(parents=True)
-    (folder / "onnx-int8").mkdir()
-    ids = torch.randint(5, 100, (2, 7))
-    axes = {"input_ids": {0: "batch", 1: "sequence"},
-            "attention_mask": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
-    torch.onnx.export(model, (ids, torch.ones_like(ids)), str(folder / "onnx-fp32/model.onnx"),
-                      input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                      dynamic_axes=axes, dynamo=False)
-    quantize_dynamic(str(folder / "onnx-fp32/model.onnx"), str(folder / "onnx-int8/model.onnx"),
-                     weight_type=QuantType.QInt8)
+    export_onnx(AutoModelForSequenceClassification.from_pretrained(model_dir).eval(), folder)
 
 
 def manifest() -> dict:

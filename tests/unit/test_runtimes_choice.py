@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.runtime_files import export_onnx
+
 pytestmark = pytest.mark.unit
 BENTOS = Path(__file__).resolve().parents[2] / "bentos"
 SPEC = importlib.util.spec_from_file_location("runtimes", BENTOS / "runtimes.py")
@@ -33,18 +35,7 @@ def model():
 
 def export(model, folder: Path) -> None:
     """`onnx-fp32/model.onnx` and its dynamic int8 quantization `onnx-int8/model.onnx`."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    (folder / "onnx-fp32").mkdir(parents=True)
-    (folder / "onnx-int8").mkdir()
-    ids = torch.randint(5, 300, (2, 7))
-    axes = {"input_ids": {0: "batch", 1: "sequence"},
-            "attention_mask": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
-    torch.onnx.export(model, (ids, torch.ones_like(ids)), str(folder / "onnx-fp32/model.onnx"),
-                      input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                      dynamic_axes=axes, dynamo=False)
-    quantize_dynamic(str(folder / "onnx-fp32/model.onnx"), str(folder / "onnx-int8/model.onnx"),
-                     weight_type=QuantType.QInt8)
+    export_onnx(model, folder, vocab=300)
 
 
 MANIFEST = {"reference": "torch-fp32", "machine": {"cpu": "test"}, "runtimes": [
