@@ -29,8 +29,9 @@ and measured slower here, see bentos/README.md) is a set of left-padded rows wit
   that adapter merged into the base weights (`merge_adapter`), so it costs what the base model
   costs; the merge is undone (`unmerge_adapter`) only when the batch's adapter set changes. A
   batch mixing adapters runs unmerged as one forward with peft's `adapter_names=[...]` per row
-  ("__base__" for the base model). Unmerging restores the base weights up to float rounding (an
-  element may differ from the loaded value in its last bit). `merge_adapters=False` keeps
+  ("__base__" for the base model). Unmerging restores the base weights saved before the merge,
+  bit for bit (subtracting the delta again leaves rounding behind at every switch, which adds up
+  over a server's life and flips greedy near-ties). `merge_adapters=False` keeps
   single-adapter batches unmerged (`set_adapter`); `adapter_mode="grouped"` keeps one batch per
   adapter and runs one forward per group (both kept for A/B measurements);
 - on a CPU, in float32, the weights of the linear layers are stored transposed (column-major,
@@ -39,9 +40,7 @@ and measured slower here, see bentos/README.md) is a set of left-padded rows wit
 - the weights' precision is the caller's (`dtype`); `choose_dtype` picks float32 or bfloat16
   where the engine runs: a pinned one, else bfloat16 on a GPU, else bfloat16 only if it
   decodes faster on this CPU at 1 and at 16 rows (timed at start), limited to the dtypes a
-  parity manifest (`runtimes/manifest.json`, written by the optimize stage) passed. In a dtype
-  coarser than float32 a merged adapter is undone by restoring the base weights saved before
-  the merge (subtracting the delta again would leave bf16 rounding behind at every switch);
+  parity manifest (`runtimes/manifest.json`, written by the optimize stage) passed;
 - sampling per row: greedy, or temperature + top_p with the request's own `torch.Generator`
   (a seed makes it repeat); stop strings end the text before the first one (a possible start of
   one is held back while streaming); `max_tokens`; end-of-sequence tokens; repetition,
@@ -1042,8 +1041,7 @@ class Engine:
         if self._merged == name:
             return True
         self._unmerge()
-        if torch.finfo(next(self.model.parameters()).dtype).eps > 1e-6:  # coarser than fp32
-            self._saved = [(w, w.detach().clone()) for w in self._merged_weights(name)]
+        self._saved = [(w, w.detach().clone()) for w in self._merged_weights(name)]
         try:
             self.model.base_model.merge_adapter(adapter_names=[name])
         except Exception as err:  # e.g. a layer type peft cannot merge
