@@ -1,4 +1,4 @@
-"""Platform mode: the fine-tuning jobs API on the LLM service's own `/v1`, its models served.
+"""Platform mode: the fine-tuning jobs API on the service's own `/v1`, its models served.
 
 On with `TUNESHIP_PLATFORM=1` (settings: conf/jobs/default.yaml) or `TUNESHIP_JOBS_CONFIG=<jobs
 settings YAML>` (`make serve-platform` sets them). Then, and only then, `tuneship.jobs` is
@@ -16,6 +16,10 @@ imported: the image carries only bentos/, the checkout's venv has tuneship.
   answers whatever the gate decided): the version holding the served alias, else the newest.
   Only versions trained on the served base's weights (same SHA-256) are loaded; the others are
   listed as skipped by `GET /model`.
+
+The classifier service (service.py) mounts the same jobs API under `/v1` and answers
+`/classify` with `"model": "<fine_tuned_model>"` from that job's registered classifier
+(classifiers.Named).
 
 The jobs themselves run in `pipelines/jobs_worker.py`, never in this process.
 """
@@ -48,9 +52,10 @@ def enabled() -> bool:
         "1", "true", "yes", "on")
 
 
-def mount(app: Starlette) -> int | None:
-    """Add the jobs routes to the `/v1` app (platform mode only); the upload limit in bytes
-    (for the guard's streamed-bytes bound), None when platform mode is off."""
+def mount(app: Starlette, prefix: str = "") -> int | None:
+    """Add the jobs routes to `app` under `prefix` (platform mode only: the LLM service's `/v1`
+    app, or the classifier's root app with prefix `/v1`); the upload limit in bytes (for the
+    guard's streamed-bytes bound), None when platform mode is off."""
     if not enabled():
         return None
     from tuneship.jobs.api import FORM_SLACK, build_app
@@ -61,7 +66,7 @@ def mount(app: Starlette) -> int | None:
     if service_key and not os.environ.get(ENV_JOBS_KEY):
         settings = settings.model_copy(update={"keys": [
             *settings.keys, KeyEntry(owner="default", sha256=hash_key(service_key))]})
-    app.router.routes.append(Mount("", app=build_app(settings)))  # after the inference routes
+    app.router.routes.append(Mount(prefix, app=build_app(settings)))  # after the inference routes
     log.info("platform mode: jobs API on /v1 (store %s, %d owner key(s), base models %s)",
              settings.database_url, len(settings.keys), ", ".join(settings.models))
     return settings.limits.max_file_bytes + 2 * FORM_SLACK

@@ -87,6 +87,9 @@ class ServeArgs(BaseModel):
     # Which runtime serves: auto = the fastest parity-passed one, timed at start on this host;
     # or a name from the model's runtimes/manifest.json (torch-fp32 is always there).
     runtime: str = Field("auto", pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    # platform mode: job classifiers kept loaded for `/classify` by name (least recently used
+    # dropped beyond; TUNESHIP_MAX_NAMED_CLASSIFIERS wins)
+    max_named_classifiers: int = Field(2, ge=1)
     # The inference table (bentos/inference_log.py): no directory = off; TUNESHIP_INFERENCE_LOG_*
     # environment variables win (the directory depends on the host: set it at serve time).
     inference_log_dir: str | None = None

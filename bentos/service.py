@@ -16,7 +16,12 @@ TUNESHIP_LONE_DISPATCH=0 (lone requests share the batching API), TUNESHIP_RUNTIM
 runtime name), TUNESHIP_DEVICE (auto|cpu|cuda), TUNESHIP_TORCH_THREADS (CPU intra-op threads, also
 onnxruntime's), TUNESHIP_TOKEN_BUDGET (most padded tokens per forward pass),
 TUNESHIP_PASS_COST_TOKENS (what a forward pass costs besides its tokens, in tokens),
-TUNESHIP_MODEL_TAG (serve another imported model).
+TUNESHIP_MODEL_TAG (serve another imported model), TUNESHIP_MAX_NAMED_CLASSIFIERS (job models
+kept loaded in platform mode).
+
+Platform mode (`make serve-platform`, bentos/platform_mode.py) adds the fine-tuning jobs API
+under `/v1`, and `/classify` answers `"model": "<fine_tuned_model>"` from that job's registered
+classifier (classifiers.Named: loaded on first use, least recently used dropped).
 """
 
 from __future__ import annotations
@@ -30,26 +35,29 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-import numpy as np
+import classifiers
+import platform_mode
 import runtimes
 from bentoml.exceptions import ServiceUnavailable
 from common import ModelRef, device, flag, load_args, stored_card, torch_threads
 from guards import Guard
 from inference_log import InferenceLog, feedback_endpoint
 from inference_log import options as log_options
-from packing import DEFAULTS, plan_passes
+from packing import DEFAULTS
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, StringConstraints
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.status import HTTP_404_NOT_FOUND, HTTP_503_SERVICE_UNAVAILABLE
 
 log = logging.getLogger("tuneship.service")
 ARGS, MODEL_TAG = load_args()
 BATCHING = flag("TUNESHIP_BATCHING", ARGS.batching)
 LONE_DISPATCH = BATCHING and flag("TUNESHIP_LONE_DISPATCH", ARGS.lone_dispatch)
 RUNTIME = os.environ.get("TUNESHIP_RUNTIME") or ARGS.runtime
+MAX_NAMED = int(os.environ.get("TUNESHIP_MAX_NAMED_CLASSIFIERS") or ARGS.max_named_classifiers)
 
 PREDICTIONS = Counter("tuneship_predictions", "Texts classified, by predicted label", ["label"])
 RUNTIME_INFO = Gauge("tuneship_runtime_info", "The runtime the classifier serves with (1)",
@@ -69,6 +77,9 @@ class ClassifyRequest(BaseModel):
                                           f"{ARGS.max_text_chars} characters",
                               examples=[["a gripping, beautifully acted film"]])
     all_scores: StrictBool = Field(False, description="also return every label's score")
+    model: StrictStr | None = Field(None, min_length=1, max_length=256,
+                                    description="the served model (default), or in platform "
+                                                "mode a fine-tuning job's model by name")
 
 
 class Prediction(BaseModel):
@@ -128,7 +139,6 @@ class Classifier:
 
     def __init__(self) -> None:
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         stored = self.bento_model
         files = stored.info.metadata["transformers"]
@@ -140,23 +150,18 @@ class Classifier:
         budget, pass_cost = DEFAULTS["cpu" if self.device == "cpu" else "cuda"]
         self.token_budget = int(os.environ.get("TUNESHIP_TOKEN_BUDGET") or budget)
         self.pass_cost = float(os.environ.get("TUNESHIP_PASS_COST_TOKENS") or pass_cost)
-        self.tokenizer = AutoTokenizer.from_pretrained(stored.path_of(files["tokenizer"]))
-        model = AutoModelForSequenceClassification.from_pretrained(
-            stored.path_of(files["model"]), dtype=getattr(torch, files["torch_dtype"]),
-            use_safetensors=True)  # never unpickle weights: a .bin-only model fails to load
-        config = model.config
-        self.max_length = min(self.tokenizer.model_max_length, config.max_position_embeddings)
-        # The same output function as transformers' text-classification pipeline.
-        self.sigmoid = config.problem_type == "multi_label_classification" or config.num_labels == 1
-        labels = [config.id2label[i] for i in range(config.num_labels)]
-        if labels != stored.info.metadata["label_names"]:
-            raise RuntimeError(f"{stored.tag}: model labels {labels} differ from the recorded "
-                               f"{stored.info.metadata['label_names']}")
-        eager = runtimes.TorchRuntime(runtimes.eager_name(files["torch_dtype"]),
-                                      model.to(self.device).eval(), self.device)
-        self.choice = runtimes.choose(eager, runtimes_folder(), RUNTIME, self.infer_with,
-                                      threads)
-        self.runtime = self.choice.runtime
+        self.scorer = classifiers.load(
+            stored.path_of(files["model"]), stored.path_of(files["tokenizer"]),
+            files["torch_dtype"], self.device, stored.info.metadata["label_names"],
+            self.token_budget, self.pass_cost, str(stored.tag))
+        self.choice = runtimes.choose(self.scorer.runtime, runtimes_folder(), RUNTIME,
+                                      self.scorer.probs_with, threads)
+        self.runtime = self.scorer.runtime = self.choice.runtime
+        self.named = classifiers.Named(
+            os.environ.get("MLFLOW_TRACKING_URI"),
+            Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "tuneship-classifiers",
+            MAX_NAMED, ARGS.alias, self.device, self.token_budget, self.pass_cost) \
+            if platform_mode.enabled() else None
         RUNTIME_INFO.labels(runtime=self.runtime.name, chosen_by=self.choice.chosen_by).set(1)
         self.infer(["warm-up"])  # the first request should not pay for lazy initialisation
         log.info("loaded %s on %s: runtime %s (%s; timings %s), %d threads, token budget %d, "
@@ -166,32 +171,7 @@ class Classifier:
 
     def infer(self, texts: list[str]) -> list[list[float]]:
         """Probabilities per text, in input order, from the runtime chosen at start."""
-        return self.infer_with(self.runtime, texts)
-
-    def infer_with(self, runtime: runtimes.Runtime, texts: list[str]) -> list[list[float]]:
-        """Probabilities per text, in input order, from `runtime`.
-
-        Texts are grouped by token count into the forward passes of least padded-token cost
-        (packing.py), so a batch of short texts is not padded to its longest one.
-        """
-        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        probs: list[list[float]] = [[] for _ in texts]
-        for chunk in plan_passes([len(x) for x in ids], self.token_budget, self.pass_cost):
-            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]},
-                                       return_tensors="np")
-            logits = runtime.logits(batch["input_ids"].astype(np.int64),
-                                    batch["attention_mask"].astype(np.int64))
-            for i, row in zip(chunk, self._outputs(logits).tolist(), strict=True):
-                probs[i] = row
-        return probs
-
-    def _outputs(self, logits: np.ndarray) -> np.ndarray:
-        """Sigmoid or softmax over labels, as transformers' text-classification pipeline."""
-        logits = logits.astype(np.float64)
-        if self.sigmoid:
-            return 1.0 / (1.0 + np.exp(-logits))
-        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return shifted / shifted.sum(axis=-1, keepdims=True)
+        return self.scorer.probs(texts)
 
     @bentoml.api(batchable=BATCHING, batch_dim=0, max_batch_size=ARGS.max_batch_size,
                  max_latency_ms=ARGS.max_latency_ms)
@@ -207,12 +187,40 @@ class Classifier:
         return self.infer(texts)
 
     @bentoml.api
+    def predict_named(self, texts: list[str], model: str) -> dict[str, Any]:
+        """Probabilities per text from a job model named `model` (platform mode), with its
+        labels and reference; or {"error", "status"} when it cannot answer."""
+        if self.named is None:
+            return {"status": HTTP_404_NOT_FOUND,
+                    "error": f"model {model!r} is not served here (this service serves "
+                             f"{model_card()['name']}; job models only in platform mode)"}
+        try:
+            entry = self.named.get(model)
+        except classifiers.UnknownModel as err:
+            return {"status": HTTP_404_NOT_FOUND, "error": str(err)}
+        except classifiers.RegistryUnavailable as err:
+            return {"status": HTTP_503_SERVICE_UNAVAILABLE, "error": str(err)}
+        return {"probs": entry.scorer.probs(texts), "labels": entry.scorer.labels,
+                "model": entry.ref}
+
+    @bentoml.api
     async def runtime_card(self) -> dict[str, Any]:
-        """The runtime in use, how it was chosen and the start-up timings (for `GET /model`)."""
-        return self.choice.card()
+        """The runtime in use, how it was chosen and the start-up timings (for `GET /model`);
+        in platform mode also the job models loaded now."""
+        card = self.choice.card()
+        if self.named is not None:
+            card = {**card, "named_classifiers": {"loaded": self.named.loaded(),
+                                                  "capacity": self.named.capacity}}
+        return card
 
 
 # --- the public service -------------------------------------------------------------------------
+
+
+def served_names(card: dict[str, Any]) -> set[str]:
+    """The names a request may give the bento's own model by."""
+    name = card["name"]
+    return {name, f"{name}/{card['version']}", f"{name}@{card['alias']}", card["bento_model"]}
 
 
 def _prediction(probs: list[float], labels: list[str], all_scores: bool) -> Prediction:
@@ -236,6 +244,7 @@ async def model_endpoint(request: Request) -> JSONResponse:
 routes = Starlette(routes=[Route("/model", model_endpoint, methods=["GET"]),
                            Route("/feedback", feedback_endpoint, methods=["POST"])])
 routes.state.service = None
+upload_limit = platform_mode.mount(routes, prefix="/v1")  # jobs API in platform mode, else None
 
 
 # BentoML's own dependency probe can hang past its timeout while the classifier loads, and a
@@ -261,10 +270,13 @@ class Tuneship:
             return False
 
     @bentoml.api(route="/classify", input_spec=ClassifyRequest, output_spec=ClassifyResponse)
-    async def classify(self, texts: list[str],
-                       all_scores: bool = False) -> ClassifyResponse | JSONResponse:
-        """Classify 1 to max_texts texts; `all_scores` adds every label's probability."""
+    async def classify(self, texts: list[str], all_scores: bool = False,
+                       model: str | None = None) -> ClassifyResponse | JSONResponse:
+        """Classify 1 to max_texts texts; `all_scores` adds every label's probability;
+        `model` names a job model to answer instead (platform mode)."""
         card = model_card()
+        if model is not None and model not in served_names(card):
+            return await self._classify_named(texts, all_scores, model)
         self.in_flight += 1
         try:
             probs = await self._predict(texts, alone=self.in_flight == 1)
@@ -281,6 +293,14 @@ class Tuneship:
             name=card["name"], version=card["version"], alias=card["alias"],
             bento_model=card["bento_model"]))
 
+    async def _classify_named(self, texts: list[str], all_scores: bool,
+                              model: str) -> ClassifyResponse | JSONResponse:
+        answer = await self.classifier.to_async.predict_named(texts=texts, model=model)
+        if "error" in answer:
+            return JSONResponse({"error": answer["error"]}, status_code=answer["status"])
+        predictions = [_prediction(p, answer["labels"], all_scores) for p in answer["probs"]]
+        return ClassifyResponse(predictions=predictions, model=ModelRef(**answer["model"]))
+
     async def _predict(self, texts: list[str], alone: bool) -> list[list[float]]:
         """The classifier's batching API, or its lone-request one when nothing else is in
         flight here (Tuneship is the classifier's only caller, so it then has no queue)."""
@@ -290,6 +310,8 @@ class Tuneship:
 
 
 Tuneship.add_asgi_middleware(Guard, api_key=os.environ.get("TUNESHIP_API_KEY") or None,
-                             max_body_bytes=ARGS.max_request_bytes)
+                             max_body_bytes=ARGS.max_request_bytes,
+                             delegated_prefixes=platform_mode.DELEGATED_PREFIXES
+                             if upload_limit else (), delegated_max_body_bytes=upload_limit)
 # Added second = inside the Guard: only requests with a valid key are recorded.
 Tuneship.add_asgi_middleware(InferenceLog, card=model_card, **log_options(ARGS))

@@ -5,10 +5,7 @@ themselves and take multipart uploads; a body streamed past the bound is a 413."
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import openai
 import pytest
@@ -19,21 +16,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
+from tests.bento_modules import bento
 from tuneship.jobs.config import default_path, hash_key
 
 pytestmark = pytest.mark.unit
-BENTOS = Path(__file__).resolve().parents[2] / "bentos"
 SERVICE_KEY = "sk-service-7"
 KEYS = {"alice": "sk-alice-1", "bob": "sk-bob-2"}
-
-
-def bento(name: str):
-    """A bentos/ module as the service imports it (its siblings by their plain names)."""
-    sys.path.insert(0, str(BENTOS))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(BENTOS))
 
 
 guards, platform_mode = bento("guards"), bento("platform_mode")
