@@ -1,6 +1,6 @@
 """Rewrite the README figure blocks from the benchmarks' JSON (benchmarks/results/*.json).
 
-    python benchmarks/readme_figures.py            # rewrite README.md and bentos/README.md
+    python benchmarks/readme_figures.py            # rewrite README.md, bentos/ and jobs/ READMEs
     python benchmarks/readme_figures.py --check    # exit 1 if a block is stale
 
 A block is the text between `<!-- figures:NAME -->` and `<!-- /figures:NAME -->`; NAME is a
@@ -22,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-READMES = (ROOT / "README.md", ROOT / "bentos" / "README.md")
+READMES = (ROOT / "README.md", ROOT / "bentos" / "README.md",
+           ROOT / "src" / "tuneship" / "jobs" / "README.md")
 BLOCK = re.compile(r"(<!-- figures:(?P<name>[\w./-]+) -->\n)(?P<body>.*?)(<!-- /figures:(?P=name) -->)",
                    re.DOTALL)
 
