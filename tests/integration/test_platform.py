@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -97,8 +98,16 @@ def classifier_platform(served: Served, tmp_path_factory: pytest.TempPathFactory
 @contextlib.contextmanager
 def platform_of(store: Path, root: Path, config: Path, bento: str,
                 extra: dict[str, str] | None = None):
-    """`bentoml serve <bento>` in platform mode over `store`, with a jobs worker."""
+    """`bentoml serve <bento>` in platform mode over `store`, with a jobs worker.
+
+    It serves from a copy of the store's BentoML home: `bentoml serve` empties its home's
+    Prometheus multiprocess folder at start, which would wipe the metrics of the session's
+    servers that share the original (tests after this one count on them)."""
     env = {**isolated_env(store), "TUNESHIP_JOBS_CONFIG": str(config), **(extra or {})}
+    home = root / "bentoml"
+    shutil.copytree(env["BENTOML_HOME"], home, symlinks=True,
+                    ignore=shutil.ignore_patterns("prometheus_multiproc_dir"))
+    env["BENTOML_HOME"] = str(home)
     for name in ("TUNESHIP_JOBS_DB", "TUNESHIP_JOBS_DIR", "TUNESHIP_JOBS_API_KEY",
                  "TUNESHIP_PLATFORM", "TUNESHIP_LLM_REGISTRY_POLL_S"):
         env.pop(name, None)

@@ -187,16 +187,20 @@ def test_models_load_from_safetensors_only(served):
     assert any(p.suffix == ".safetensors" for p in files), files
     pickled = [p for p in files if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}]
     assert not pickled, pickled
-    tree = ast.parse((ROOT / "bentos" / "service.py").read_text())
+    # The classifier (the bento's model and job models alike) is loaded in bentos/classifiers.py.
+    tree = ast.parse((ROOT / "bentos" / "classifiers.py").read_text())
     loads = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
              and isinstance(node.func, ast.Attribute) and node.func.attr == "from_pretrained"
              and getattr(node.func.value, "id", "") == "AutoModelForSequenceClassification"]
-    assert loads, "no model loading found in bentos/service.py"
+    assert loads, "no model loading found in bentos/classifiers.py"
     for call in loads:
         flags = {k.arg: k.value for k in call.keywords}
         assert isinstance(flags.get("use_safetensors"), ast.Constant), ast.unparse(call)
         assert flags["use_safetensors"].value is True, ast.unparse(call)
-    assert "torch.load" not in (ROOT / "bentos" / "service.py").read_text()
+    service = (ROOT / "bentos" / "service.py").read_text()
+    assert "from_pretrained" not in service  # no second loading path beside classifiers.load
+    for text in (service, (ROOT / "bentos" / "classifiers.py").read_text()):
+        assert "torch.load" not in text
 
 
 def test_service_source_is_checked_against_the_bento(served):
