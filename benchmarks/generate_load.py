@@ -26,6 +26,8 @@ bento or the registry: the base goes into the BentoML store as a model of its ow
 TUNESHIP_LLM_ADAPTERS, the clients name the adapter, and transformers serve gets the same weights
 merged (base + adapter, `merge_and_unload`). `--before-engine FILE` adds `tuneship-before`: the
 same service with that engine.py instead. `--prompt-tokens N` sends prompts of exactly N tokens.
+`small-prefill` is the bento with TUNESHIP_LLM_MAX_PREFILL_TOKENS=256 (a burst's prompts prefilled
+a few per step instead of in one pass: time to first text against throughput).
 """
 
 from __future__ import annotations
@@ -222,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
 # the first text p50/p99, inter-chunk gap p50, errors by kind, and the peak RSS of the server's
 # process tree.
 
-VARIANTS = ("tuneship", "tuneship-before", "one-at-a-time", "transformers-serve")
+VARIANTS = ("tuneship", "tuneship-before", "one-at-a-time", "small-prefill", "transformers-serve")
+SMALL_PREFILL = 256  # the small-prefill variant's TUNESHIP_LLM_MAX_PREFILL_TOKENS
 
 
 @dataclass
@@ -370,7 +373,8 @@ def variant_command(variant: str, bento: str, port: int, folder: Path,
                 "sdpa", "--device", "cpu", "--cb-block-size", "256", "--cb-num-blocks", "32",
                 "--cb-max-batch-tokens", "2048", "--host", "127.0.0.1", "--port", str(port),
                 "--log-level", "warning"], {}
-    env = {"TUNESHIP_LLM_MAX_BATCH": "1"} if variant == "one-at-a-time" else {}
+    env = {"one-at-a-time": {"TUNESHIP_LLM_MAX_BATCH": "1"},
+           "small-prefill": {"TUNESHIP_LLM_MAX_PREFILL_TOKENS": str(SMALL_PREFILL)}}.get(variant, {})
     if source:
         tree = source.get(variant, source["tuneship"])
         return [str(Path(sys.executable).with_name("bentoml")), "serve", "generation:TuneshipLM",

@@ -422,6 +422,7 @@ class TuneshipLM:
             kv_budget_tokens=setting("kv_budget", 65536 if gpu else 8192),
             max_batch=setting("max_batch", 64 if gpu else 32),
             max_queue=setting("max_queue", 64),
+            max_prefill_tokens=setting("max_prefill_tokens", 2048),
             threads=None if gpu else torch_threads(),  # one process: HTTP is mostly idle
             max_model_len=self.context, adapter_mode=setting("adapter_mode", "mixed", str),
             observer=Metrics(base["name"]), model_name=base["name"])
