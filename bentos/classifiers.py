@@ -33,6 +33,9 @@ from packing import plan_passes
 
 log = logging.getLogger("tuneship.classifiers")
 JOB_MODELS = "ft-*"  # tuneship.jobs.requests.registered_name: ft-<base>[-<suffix>]-<hex>
+# MLflow's error codes for a missing model or version (RESOURCE_DOES_NOT_EXIST) and alias
+# (INVALID_PARAMETER_VALUE)
+MISSING = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 _REF = re.compile(r"^(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[A-Za-z0-9_-]+))?$")
 
 
@@ -175,9 +178,8 @@ class Named:
                 version, alias = self._bare(client, name)
         except UnknownModel:
             raise
-        except Exception as err:  # noqa: BLE001 (MLflow's errors: missing name, version, alias)
-            if "RESOURCE_DOES_NOT_EXIST" in str(getattr(err, "error_code", "")) or \
-                    "not found" in str(err).lower() or "does not exist" in str(err).lower():
+        except Exception as err:  # noqa: BLE001 (MlflowException, or the store unreachable)
+            if getattr(err, "error_code", None) in MISSING:
                 raise UnknownModel(f"model {model!r} is not registered") from None
             raise RegistryUnavailable(f"the registry did not answer for {model!r}: "
                                       f"{type(err).__name__}: {err}") from None
@@ -186,12 +188,12 @@ class Named:
 
     def _bare(self, client: Any, name: str) -> tuple[Any, str]:
         """The version holding the service's alias, else the newest."""
+        holder = client.get_registered_model(name).aliases.get(self.alias)
+        if holder is not None:
+            return client.get_model_version(name, holder), self.alias
         versions = client.search_model_versions(f"name='{name}'")
         if not versions:
-            raise UnknownModel(f"model {name!r} is not registered")
-        holder = client.get_registered_model(name).aliases.get(self.alias)
-        if holder is not None:  # search results do not carry the aliases
-            return client.get_model_version(name, holder), self.alias
+            raise UnknownModel(f"model {name!r} has no versions")
         return max(versions, key=lambda v: int(v.version)), ""
 
     def _registry(self) -> Any:
