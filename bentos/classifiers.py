@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import registry_client
 import runtimes
 from packing import plan_passes
+from registry_client import RegistryUnavailable  # noqa: F401  (503; service.py names it here)
 
 log = logging.getLogger("tuneship.classifiers")
 JOB_MODELS = "ft-*"  # tuneship.jobs.requests.registered_name: ft-<base>[-<suffix>]-<hex>
@@ -41,10 +43,6 @@ _REF = re.compile(r"^(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[A-Za-z0
 
 class UnknownModel(LookupError):
     """No classifier is served under that name (404)."""
-
-
-class RegistryUnavailable(RuntimeError):
-    """The registry could not be asked (503)."""
 
 
 @dataclass
@@ -198,29 +196,14 @@ class Named:
 
     def _registry(self) -> Any:
         if self._client is None:
-            if not self.tracking_uri:
-                raise RegistryUnavailable("no registry: set MLFLOW_TRACKING_URI in the "
-                                          "service's environment")
-            try:
-                from mlflow import MlflowClient
-            except ImportError:
-                raise RegistryUnavailable("serving job models needs the mlflow package in "
-                                          "the service's environment") from None
-            self._client = MlflowClient(tracking_uri=self.tracking_uri,
-                                        registry_uri=self.tracking_uri)
+            self._client = registry_client.client(self.tracking_uri, "serving job models")
         return self._client
 
     def _download_and_load(self, version: Any, alias: str) -> Entry:
         """Download an MLflow transformers classifier version and load it."""
-        import mlflow
-
-        # The version's storage location, asked of this registry (not the process default).
-        uri = self._registry().get_model_version_download_uri(version.name, version.version)
-        into = self.cache_dir / f"{version.name}_{version.version}"
-        into.mkdir(parents=True, exist_ok=True)
-        local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=str(into), tracking_uri=self.tracking_uri))
-        meta = mlflow.models.Model.load(str(local))
+        local, meta = registry_client.download(
+            self._registry(), version, self.cache_dir / f"{version.name}_{version.version}",
+            self.tracking_uri)
         flavor = meta.flavors.get("transformers") or {}
         if flavor.get("task") != "text-classification":
             raise UnknownModel(f"{version.name} v{version.version} is not a text classifier "

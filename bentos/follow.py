@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import adapter_refs
+import registry_client
 
 log = logging.getLogger("tuneship.follow")
 
@@ -99,27 +100,13 @@ class Follower:
         return thread
 
     def _client(self) -> Any:
-        if not self.tracking_uri:
-            raise RuntimeError("no registry to follow: set MLFLOW_TRACKING_URI in the service's "
-                               "environment")
-        try:
-            from mlflow import MlflowClient
-        except ImportError:
-            raise RuntimeError("following the registry needs the mlflow package in the "
-                               "service's environment") from None
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return registry_client.client(self.tracking_uri, "following adapters")
 
     def _download(self, client: Any, version: Any) -> str:
-        import mlflow
-
-        # The version's storage location, asked of this registry: a `models:/` URI would be
-        # resolved against the process's default registry instead.
-        uri = client.get_model_version_download_uri(version.name, version.version)
-        into = self.cache_dir / engine_name(adapter_refs.key(version))
-        into.mkdir(parents=True, exist_ok=True)
-        local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=str(into), tracking_uri=self.tracking_uri))
-        flavor = mlflow.models.Model.load(str(local)).flavors["transformers"]
+        local, meta = registry_client.download(
+            client, version, self.cache_dir / engine_name(adapter_refs.key(version)),
+            self.tracking_uri)
+        flavor = meta.flavors["transformers"]
         return str(local / flavor.get("peft_adaptor", "peft"))
 
     def _unload(self, key: str) -> None:
