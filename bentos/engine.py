@@ -34,9 +34,10 @@ and measured slower here, see bentos/README.md) is a set of left-padded rows wit
   over a server's life and flips greedy near-ties). `merge_adapters=False` keeps
   single-adapter batches unmerged (`set_adapter`); `adapter_mode="grouped"` keeps one batch per
   adapter and runs one forward per group (both kept for A/B measurements);
-- on a CPU, in float32, the weights of the linear layers are stored transposed (column-major,
-  the same values), the layout torch's CPU GEMM handles best for the few rows of a decode batch
-  (`cpu_weight_layout`; bentos/README.md has the measurements);
+- on a CPU, in float32, the weights of the linear layers may be stored transposed
+  (column-major, the same values: `cpu_weight_layout`), which torch's CPU GEMM runs faster for
+  the few rows of a decode batch on some CPUs and slower on others; `choose_layout` times both
+  at start and keeps the faster (bentos/README.md has the measurements);
 - the weights' precision is the caller's (`dtype`); `choose_dtype` picks float32 or bfloat16
   where the engine runs: a pinned one, else bfloat16 on a GPU, else bfloat16 only if it
   decodes faster on this CPU at 1 and at 16 rows (timed at start), limited to the dtypes a
@@ -479,12 +480,14 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
     return best
 
 
-def _cpu_weight_layout(model: Any) -> int:
-    """Store each linear layer's weight transposed (column-major, same values) on a CPU.
+def _cpu_weight_layout(model: Any, transposed: bool = True) -> int:
+    """Store each linear layer's weight transposed (column-major, same values) on a CPU, or
+    back in torch's natural row-major layout with `transposed=False`.
 
-    `F.linear` then multiplies by a row-major weight^T (the layout torch's CPU GEMM handles best
-    for a few rows; bentos/README.md). The values move within the weight's own storage, so no
-    second copy stays behind. Tied weights (the embeddings and the LM head) are one parameter:
+    `F.linear` then multiplies by a row-major weight^T, which torch's CPU GEMM handles faster
+    for a few rows on some CPUs and slower on others (bentos/README.md): `choose_dtype` times
+    both where the engine runs. The values move within the weight's own storage, so no second
+    copy stays behind. Tied weights (the embeddings and the LM head) are one parameter:
     converted once. Small matrices (LoRA factors) are left as they are. Returns how many
     weights were converted.
     """
@@ -497,15 +500,20 @@ def _cpu_weight_layout(model: Any) -> int:
             continue
         seen.add(id(weight))
         rows, cols = weight.shape
-        if min(rows, cols) < 64 or weight.stride() == (1, rows):
+        is_transposed = weight.stride() == (1, rows)
+        if min(rows, cols) < 64 or is_transposed == transposed:
             continue
         data = weight.data
-        if data.is_contiguous():  # in place: no second copy of the weights (nor of a mapping)
+        if transposed and data.is_contiguous():  # in place: no second copy of the weights
             flat = data.view(-1)
             flat.copy_(data.t().contiguous().view(-1))
             weight.data = flat.view(cols, rows).t()
+        elif not transposed and data.t().is_contiguous():
+            flat = data.t().view(-1)
+            flat.copy_(data.contiguous().view(-1))
+            weight.data = flat.view(rows, cols)
         else:
-            weight.data = data.t().contiguous().t()
+            weight.data = data.t().contiguous().t() if transposed else data.contiguous()
         converted += 1
     return converted
 
@@ -1261,10 +1269,14 @@ class DtypeChoice:
     reason: str
     timings_ms: dict[str, dict[str, float]] = field(default_factory=dict)
     verdicts: dict[str, bool] | None = None
+    weight_layout: str | None = None  # float32 on a CPU: "natural" or "transposed" (timed)
+    layout_timings_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def card(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "chosen_by": self.chosen_by, "reason": self.reason,
-                "decode_step_ms": self.timings_ms, "parity_passed": self.verdicts}
+                "decode_step_ms": self.timings_ms, "parity_passed": self.verdicts,
+                "weight_layout": self.weight_layout,
+                "weight_layout_decode_step_ms": self.layout_timings_ms}
 
 
 def manifest_verdicts(folders: Iterable[Any]) -> dict[str, bool] | None:
@@ -1325,6 +1337,28 @@ def faster_everywhere(ratios: dict[str, float]) -> bool:
     return min(ratios.values()) >= 1.0 and mean >= MIN_GAIN
 
 
+def choose_layout(model: Any, rounds: int = 3) -> tuple[str, dict[str, dict[str, float]]]:
+    """Leave a float32 CPU `model` in the weight layout that decodes faster here (the geometric
+    mean over TIMED_ROWS), timed in interleaved rounds, the weights flipped in place between."""
+    layouts = {"natural": False, "transposed": True}
+    samples: dict[str, dict[str, list[float]]] = {n: {f"rows_{r}": [] for r in TIMED_ROWS}
+                                                  for n in layouts}
+    for round_ in range(rounds):
+        for name, transposed in layouts.items():
+            _cpu_weight_layout(model, transposed)
+            if round_ == 0:
+                decode_step_ms(model, 1, steps=1)  # warm-up in this layout
+            for rows in TIMED_ROWS:
+                samples[name][f"rows_{rows}"].append(decode_step_ms(model, rows))
+    timings = {n: {k: round(sorted(v)[len(v) // 2], 3) for k, v in by.items()}
+               for n, by in samples.items()}
+    gain = float(torch.tensor([timings["natural"][k] / timings["transposed"][k]
+                               for k in timings["natural"]]).log().mean().exp())
+    chosen = "transposed" if gain > 1.0 else "natural"
+    _cpu_weight_layout(model, chosen == "transposed")
+    return chosen, timings
+
+
 def choose_dtype(model: Any, requested: str, device: str,
                  verdicts: dict[str, bool] | None = None) -> tuple[Any, DtypeChoice]:
     """`model` (float32) in the dtype to serve, and why.
@@ -1342,15 +1376,21 @@ def choose_dtype(model: Any, requested: str, device: str,
         if verdicts is not None and not verdicts.get(requested, requested == "float32"):
             log.warning("serving %s as pinned although its parity did not pass", requested)
             why += "; its parity did not pass"
+        if requested == "float32" and device == "cpu":
+            layout, layouts = choose_layout(model)
+            return model, DtypeChoice(requested, "config", why, verdicts=verdicts,
+                                      weight_layout=layout, layout_timings_ms=layouts)
         return _cast(model, requested), DtypeChoice(requested, "config", why, verdicts=verdicts)
     if verdicts is not None and not verdicts.get("bfloat16"):
+        layout, layouts = choose_layout(model) if device == "cpu" else (None, {})
         return model, DtypeChoice("float32", "manifest", "bfloat16 has no passed parity in the "
-                                  "model's runtimes/manifest.json", verdicts=verdicts)
+                                  "model's runtimes/manifest.json", verdicts=verdicts,
+                                  weight_layout=layout, layout_timings_ms=layouts)
     if device != "cpu":
         return _cast(model, "bfloat16"), DtypeChoice("bfloat16", "device",
                                                      f"bfloat16 on {device}", verdicts=verdicts)
     candidate = copy.deepcopy(model).to(torch.bfloat16)
-    _cpu_weight_layout(model)  # float32 as the engine would serve it
+    layout, layouts = choose_layout(model)  # float32 as the engine would serve it
     timings = time_dtypes({"float32": model, "bfloat16": candidate})
     ratios = speedups(timings, "bfloat16")
     faster = faster_everywhere(ratios)
@@ -1358,8 +1398,9 @@ def choose_dtype(model: Any, requested: str, device: str,
     reason = (f"bfloat16 decode speed-up over float32 here: "
               f"{', '.join(f'{k} {v:.2f}x' for k, v in ratios.items())} (needs >= 1 at each "
               f"and a geometric mean >= {MIN_GAIN}x)")
-    return (candidate if faster else model), DtypeChoice(chosen, "timing", reason, timings,
-                                                         verdicts)
+    if faster:
+        return candidate, DtypeChoice(chosen, "timing", reason, timings, verdicts)
+    return model, DtypeChoice(chosen, "timing", reason, timings, verdicts, layout, layouts)
 
 
 def _cast(model: Any, dtype: str) -> Any:

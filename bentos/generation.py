@@ -425,6 +425,7 @@ class TuneshipLM:
             max_prefill_tokens=setting("max_prefill_tokens", 2048),
             threads=None if gpu else torch_threads(),  # one process: HTTP is mostly idle
             max_model_len=self.context, adapter_mode=setting("adapter_mode", "mixed", str),
+            cpu_weight_layout=self.dtype_choice.weight_layout == "transposed",
             observer=Metrics(base["name"]), model_name=base["name"])
         self.default_new = min(ARGS.max_new_tokens, int(self.defaults.get("max_new_tokens", 64)))
         fixed = {name: name for name in local}

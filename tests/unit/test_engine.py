@@ -564,3 +564,26 @@ def test_manifest_verdicts_read_the_first_folder_with_a_manifest(tmp_path):
         {"name": "onnx-int8", "kind": "onnx", "dtype": "int8", "passed": True}]}))
     assert engine_mod.manifest_verdicts([bare]) is None
     assert engine_mod.manifest_verdicts([adapter, base]) == {"bfloat16": True}
+
+
+def test_the_float32_weight_layout_is_timed_and_left_as_chosen(tokenizer):
+    """choose_layout times both layouts, leaves the weights in the faster one, same values."""
+    model, plain = tiny_llama(tokenizer, hidden=64), tiny_llama(tokenizer, hidden=64)
+    layout, timings = engine_mod.choose_layout(model, rounds=1)
+    assert set(timings) == {"natural", "transposed"}
+    assert set(timings["natural"]) == {"rows_1", "rows_16"}
+    gain = (timings["natural"]["rows_1"] * timings["natural"]["rows_16"]
+            / timings["transposed"]["rows_1"] / timings["transposed"]["rows_16"]) ** 0.5
+    assert layout == ("transposed" if gain > 1.0 else "natural")
+    q = model.model.layers[0].self_attn.q_proj.weight
+    assert (q.stride() == (1, q.shape[0])) == (layout == "transposed")
+    torch.testing.assert_close(q, plain.model.layers[0].self_attn.q_proj.weight, rtol=0, atol=0)
+    # back and forth in place keeps every value
+    for transposed in (True, False):
+        engine_mod._cpu_weight_layout(model, transposed)
+        assert q.stride() == ((1, q.shape[0]) if transposed else (q.shape[1], 1))
+        torch.testing.assert_close(q, plain.model.layers[0].self_attn.q_proj.weight,
+                                   rtol=0, atol=0)
+    _, choice = engine_mod.choose_dtype(tiny_llama(tokenizer), "float32", "cpu")
+    assert choice.weight_layout in ("natural", "transposed")
+    assert choice.card()["weight_layout"] == choice.weight_layout
