@@ -485,7 +485,7 @@ def _cpu_weight_layout(model: Any, transposed: bool = True) -> int:
     back in torch's natural row-major layout with `transposed=False`.
 
     `F.linear` then multiplies by a row-major weight^T, which torch's CPU GEMM handles faster
-    for a few rows on some CPUs and slower on others (bentos/README.md): `choose_dtype` times
+    for a few rows on some CPUs and slower on others (bentos/README.md): `choose_layout` times
     both where the engine runs. The values move within the weight's own storage, so no second
     copy stays behind. Tied weights (the embeddings and the LM head) are one parameter:
     converted once. Small matrices (LoRA factors) are left as they are. Returns how many
@@ -1313,12 +1313,20 @@ def decode_step_ms(model: Any, rows: int, context: int = 32, steps: int = 4) -> 
 def time_dtypes(models: dict[str, Any], rounds: int = 3) -> dict[str, dict[str, float]]:
     """Median decode-step ms per model and row count, rounds interleaved (a busy spell on a
     shared machine falls on all of them)."""
+    return _interleaved({name: (lambda m=model: m) for name, model in models.items()}, rounds)
+
+
+def _interleaved(variants: dict[str, Callable[[], Any]],
+                 rounds: int) -> dict[str, dict[str, float]]:
+    """Median decode-step ms per variant and TIMED_ROWS count; each variant's callable readies
+    and returns its model before each of its turns, turns interleaved over `rounds`."""
     samples: dict[str, dict[str, list[float]]] = {n: {f"rows_{r}": [] for r in TIMED_ROWS}
-                                                  for n in models}
-    for model in models.values():
-        decode_step_ms(model, 1, steps=1)  # warm-up
-    for _ in range(rounds):
-        for name, model in models.items():
+                                                  for n in variants}
+    for round_ in range(rounds):
+        for name, ready in variants.items():
+            model = ready()
+            if round_ == 0:
+                decode_step_ms(model, 1, steps=1)  # warm-up
             for rows in TIMED_ROWS:
                 samples[name][f"rows_{rows}"].append(decode_step_ms(model, rows))
     return {n: {k: round(sorted(v)[len(v) // 2], 3) for k, v in by.items()}
@@ -1333,27 +1341,21 @@ def speedups(timings: dict[str, dict[str, float]], name: str,
 
 def faster_everywhere(ratios: dict[str, float]) -> bool:
     """No row count slower, and the geometric mean at least MIN_GAIN."""
-    mean = float(torch.tensor(list(ratios.values())).log().mean().exp())
-    return min(ratios.values()) >= 1.0 and mean >= MIN_GAIN
+    return min(ratios.values()) >= 1.0 and _geometric_mean(ratios) >= MIN_GAIN
+
+
+def _geometric_mean(ratios: dict[str, float]) -> float:
+    return float(torch.tensor(list(ratios.values())).log().mean().exp())
 
 
 def choose_layout(model: Any, rounds: int = 3) -> tuple[str, dict[str, dict[str, float]]]:
     """Leave a float32 CPU `model` in the weight layout that decodes faster here (the geometric
     mean over TIMED_ROWS), timed in interleaved rounds, the weights flipped in place between."""
-    layouts = {"natural": False, "transposed": True}
-    samples: dict[str, dict[str, list[float]]] = {n: {f"rows_{r}": [] for r in TIMED_ROWS}
-                                                  for n in layouts}
-    for round_ in range(rounds):
-        for name, transposed in layouts.items():
-            _cpu_weight_layout(model, transposed)
-            if round_ == 0:
-                decode_step_ms(model, 1, steps=1)  # warm-up in this layout
-            for rows in TIMED_ROWS:
-                samples[name][f"rows_{rows}"].append(decode_step_ms(model, rows))
-    timings = {n: {k: round(sorted(v)[len(v) // 2], 3) for k, v in by.items()}
-               for n, by in samples.items()}
-    gain = float(torch.tensor([timings["natural"][k] / timings["transposed"][k]
-                               for k in timings["natural"]]).log().mean().exp())
+    def laid_out(transposed: bool) -> Callable[[], Any]:
+        return lambda: (_cpu_weight_layout(model, transposed), model)[1]
+
+    timings = _interleaved({"natural": laid_out(False), "transposed": laid_out(True)}, rounds)
+    gain = _geometric_mean(speedups(timings, "transposed", reference="natural"))
     chosen = "transposed" if gain > 1.0 else "natural"
     _cpu_weight_layout(model, chosen == "transposed")
     return chosen, timings
