@@ -436,6 +436,11 @@ def test_adapter_is_listed_with_its_parent_and_answers_like_peft(small, weights,
         with tuned.disable_adapter():
             want[BASE] = weights.generate(ids, 12, model=tuned)["text"]
         assert len(set(want.values())) == 3  # each adapter matters
+        # Alone, the engine merges the adapter into the base weights (as peft's merge_adapter):
+        # the same sums in another order, which can flip a near-tie of the random tiny model.
+        tuned.merge_adapter()
+        merged = weights.generate(ids, 12, model=tuned)["text"]
+        tuned.unmerge_adapter()
 
         def ask(model: str) -> str:
             return api.completions.create(model=model, prompt=PROMPT, max_tokens=12,
@@ -445,7 +450,7 @@ def test_adapter_is_listed_with_its_parent_and_answers_like_peft(small, weights,
         with ThreadPoolExecutor(3) as pool:  # the base and two adapters decoded together
             together = dict(zip(order, pool.map(ask, order), strict=True))
         assert together == want
-        assert ask(ADAPTER) == want[ADAPTER]
+        assert ask(ADAPTER) == merged
 
 
 # --- metrics ------------------------------------------------------------------------------------
