@@ -355,6 +355,7 @@ class _Batch:
     """
 
     SLACK = 8  # spare columns at a re-allocation
+    ROW_STEP = 8  # rows are allocated in multiples of this
 
     def __init__(self, key: str | None, max_rows: int, kv_budget: int) -> None:
         self.key = key  # the adapter of every row (grouped mode), or None (mixed)
@@ -389,17 +390,13 @@ class _Batch:
         columns = max(width + 1, min(width + grow, max(s.reserved for s in everyone)))
         columns += self.SLACK
         spare = self.kv_budget // columns if columns else rows
-        row_cap = max(rows, min(self.max_rows, 2 * rows, spare))
+        row_cap = max(rows, min(self.max_rows, -(-rows // self.ROW_STEP) * self.ROW_STEP, spare))
         old_width, n = self.end - self.start, len(self.rows)
-        keys, values = [], []
-        for i, ref in enumerate(like):
-            shape = (row_cap, ref.shape[1], columns, ref.shape[3])
-            k, v = ref.new_zeros(shape), ref.new_zeros(shape)
-            if n:
-                k[:n, :, width - old_width:width] = self.keys[i][:n, :, self.start:self.end]
-                v[:n, :, width - old_width:width] = self.values[i][:n, :, self.start:self.end]
-            keys.append(k)
-            values.append(v)
+        keys, values = _slabs(like, row_cap, columns)
+        if n:
+            for i in range(len(keys)):
+                keys[i][:n, :, width - old_width:width] = self.keys[i][:n, :, self.start:self.end]
+                values[i][:n, :, width - old_width:width] = self.values[i][:n, :, self.start:self.end]
         mask = torch.zeros((row_cap, columns), dtype=torch.long, device=like[0].device)
         if n:
             mask[:n, width - old_width:width] = self.mask
@@ -458,6 +455,21 @@ class _Batch:
     def advance(self) -> None:
         """After a decode: every row has one more token at column `end`."""
         self.end += 1
+
+
+def _slabs(like: tuple[torch.Tensor, ...], rows: int,
+           columns: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Zeroed key and value slabs ([rows, heads, columns, head dim]) shaped like `like`'s layers.
+
+    Layers of one shape share one allocation (views of it): one block that large is mapped and
+    unmapped whole by the allocator, where one block per layer stays in the heap, fragmented
+    by the re-allocations of a server's life (which kept RSS hundreds of MiB higher)."""
+    ref = like[0]
+    if all(t.shape[1::2] == ref.shape[1::2] and t.dtype == ref.dtype for t in like):
+        slab = ref.new_zeros((2, len(like), rows, ref.shape[1], columns, ref.shape[3]))
+        return list(slab[0]), list(slab[1])
+    keys = [t.new_zeros((rows, t.shape[1], columns, t.shape[3])) for t in like]
+    return keys, [k.new_zeros(k.shape) for k in keys]
 
 
 def _first_used(mask: torch.Tensor) -> int:

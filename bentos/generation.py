@@ -422,7 +422,7 @@ class TuneshipLM:
             kv_budget_tokens=setting("kv_budget", 65536 if gpu else 8192),
             max_batch=setting("max_batch", 64 if gpu else 32),
             max_queue=setting("max_queue", 64),
-            max_prefill_tokens=setting("max_prefill_tokens", 2048),
+            max_prefill_tokens=setting("max_prefill_tokens", 2048 if gpu else 256),
             threads=None if gpu else torch_threads(),  # one process: HTTP is mostly idle
             max_model_len=self.context, adapter_mode=setting("adapter_mode", "mixed", str),
             cpu_weight_layout=self.dtype_choice.weight_layout == "transposed",

@@ -110,7 +110,7 @@ class ServeArgs(BaseModel):
     llm_kv_budget: int | None = Field(None, gt=0)    # None: 8192 tokens (CPU), 65536 (GPU)
     llm_max_batch: int | None = Field(None, gt=0)    # None: 32 (CPU), 64 (GPU)
     llm_max_queue: int = Field(64, ge=0)
-    llm_max_prefill_tokens: int | None = Field(None, gt=0)  # None: 2048 padded prompt tokens a pass
+    llm_max_prefill_tokens: int | None = Field(None, gt=0)  # None: 256 (CPU), 2048 (GPU) a pass
     llm_adapter_mode: Literal["mixed", "grouped"] = "mixed"
     # the base model's weights in the LLM engine: auto = bfloat16 on a GPU; on a CPU bfloat16
     # only if timed faster at start (engine.choose_dtype); never a dtype that failed parity

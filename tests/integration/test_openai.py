@@ -11,8 +11,10 @@ the same peft model (base + champion adapter), loaded in this process from the s
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -151,6 +153,18 @@ def small(served_lm: Served, adapter_dir: Path) -> Iterator[Server]:
         yield server
     finally:
         _stop(server)
+
+
+def _engine_module():
+    """bentos/engine.py, imported as the image imports it (without tuneship)."""
+    spec = importlib.util.spec_from_file_location(
+        "tuneship_engine", Path(__file__).resolve().parents[2] / "bentos" / "engine.py")
+    module = sys.modules.get(spec.name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+        spec.loader.exec_module(module)
+    return module
 
 
 def _small_client(server: Server) -> openai.OpenAI:
@@ -430,6 +444,10 @@ def test_adapter_is_listed_with_its_parent_and_answers_like_peft(small, weights,
         assert models[ADAPTER].parent == BASE and models[BASE].parent is None
         base = AutoModelForCausalLM.from_pretrained(weights.folder)
         tuned = PeftModel.from_pretrained(base, adapter_dir).eval()
+        # The reference runs the weight layout the server timed and chose (the same values,
+        # another GEMM summation order, which can flip a near-tie of the random tiny model).
+        card = httpx.get(f"{small.url}/model", timeout=30).json()["served"]["dtype"]
+        _engine_module()._cpu_weight_layout(tuned, card["weight_layout"] == "transposed")
         ids = weights.prompt_ids(PROMPT)
         want = {LM_NAME: weights.generate(ids, 12)["text"],
                 ADAPTER: weights.generate(ids, 12, model=tuned)["text"]}
