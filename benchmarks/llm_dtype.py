@@ -3,11 +3,13 @@
     python benchmarks/llm_dtype.py --base-dir .cache/models/SmolLM2-135M-Instruct.Q4_1/model
 
 Variants (each one `bentos/engine.py` Engine over the same base model folder):
-  float32     today's default: fp32 weights, linear weights stored transposed for the CPU GEMM
+  float32     fp32 weights in the layout the service picks (`engine.choose_layout`, timed)
   bfloat16    bf16 weights (the engine's `dtype`), the layout as the engine picks it
   bfloat16-T  bf16 weights stored transposed too (`cpu_weight_layout=True`)
-  int8-dyn    torch's dynamic int8 linear layers (`torch.ao.quantization.quantize_dynamic`),
-              fp32 activations (`--no-int8` skips it)
+  int8        int8 weight-only linear layers (`bentos/int8_weights.py`, what `llm_dtype: int8`
+              serves), float32 activations around a bf16 product
+  int8-dyn    torch's dynamic int8 linear layers (`torch.ao.quantization.quantize_dynamic`,
+              int8 activations too; `--no-int8` skips both int8 variants)
 Decode tokens/s at each batch size: rows x 1 / the median decode-step time (the engine's
 inter-token callback), `--new-tokens` greedy tokens per row after a `--prompt-tokens` prompt,
 variants interleaved over `--reps` rounds so a busy spell on a shared machine falls on all.
@@ -34,7 +36,14 @@ from tuneship.tasks.causal_lm.scoring import block_nll, perplexity
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bentos"))
-from engine import Engine, Observer, Request, SamplingParams  # noqa: E402  (bentos/engine.py)
+from engine import (  # noqa: E402  (bentos/engine.py)
+    Engine,
+    Observer,
+    Request,
+    SamplingParams,
+    choose_layout,
+)
+from int8_weights import quantize_int8  # noqa: E402
 
 SHAKESPEARE = (Path(os.environ.get("TUNESHIP_DATA_DIR", ROOT.parent / "shared" / "data"))
                / "tiny_shakespeare" / "train.txt")
@@ -55,9 +64,13 @@ def build(variant: str, base_dir: Path, tokenizer, threads: int) -> tuple[Engine
     """The engine of one variant (its own copy of the model) and its step-time recorder."""
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     kwargs: dict = {}
-    if variant.startswith("bfloat16"):
+    if variant == "float32":
+        kwargs["cpu_weight_layout"] = choose_layout(model)[0] == "transposed"
+    elif variant.startswith("bfloat16"):
         kwargs["dtype"] = torch.bfloat16
         kwargs["cpu_weight_layout"] = variant == "bfloat16-T" or None
+    elif variant == "int8":
+        quantize_int8(model)
     elif variant == "int8-dyn":
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear},
                                                        dtype=torch.qint8)
@@ -109,7 +122,8 @@ def main() -> None:
     results.add_args(parser, "llm_dtype")
     args = parser.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(args.base_dir)
-    variants = ["float32", "bfloat16", "bfloat16-T"] + ([] if args.no_int8 else ["int8-dyn"])
+    variants = ["float32", "bfloat16", "bfloat16-T"] + ([] if args.no_int8 else
+                                                         ["int8", "int8-dyn"])
     engines = {v: build(v, args.base_dir, tokenizer, args.threads) for v in variants}
     prompts = prompts_of(tokenizer, args.prompt_tokens, max(args.batch))
     samples: dict[str, dict[int, list[float]]] = {v: {b: [] for b in args.batch} for v in variants}

@@ -38,10 +38,12 @@ and measured slower here, see bentos/README.md) is a set of left-padded rows wit
   (column-major, the same values: `cpu_weight_layout`), which torch's CPU GEMM runs faster for
   the few rows of a decode batch on some CPUs and slower on others; `choose_layout` times both
   at start and keeps the faster (bentos/README.md has the measurements);
-- the weights' precision is the caller's (`dtype`); `choose_dtype` picks float32 or bfloat16
-  where the engine runs: a pinned one, else bfloat16 on a GPU, else bfloat16 only if it
-  decodes faster on this CPU at 1 and at 16 rows (timed at start), limited to the dtypes a
-  parity manifest (`runtimes/manifest.json`, written by the optimize stage) passed;
+- the weights' precision is the caller's (`dtype`, or int8 weight-only linear layers from
+  `int8_weights`, with which adapters always run unmerged); `choose_dtype` picks float32,
+  bfloat16 or int8 where the engine runs: a pinned one, else bfloat16 on a GPU, else on a CPU
+  the candidate that decodes fastest at 1 and at 16 rows (timed at start) if it beats float32
+  at both, limited to the dtypes a parity manifest (`runtimes/manifest.json`, written by the
+  optimize stage) passed; int8 is a candidate only where the manifest passed it;
 - sampling per row: greedy, or temperature + top_p with the request's own `torch.Generator`
   (a seed makes it repeat); stop strings end the text before the first one (a possible start of
   one is held back while streaming); `max_tokens`; end-of-sequence tokens; repetition,
@@ -71,6 +73,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from int8_weights import is_int8, quantize_int8
 
 log = logging.getLogger("tuneship.engine")
 BASE = "__base__"  # peft's name for "no adapter" in `adapter_names`
@@ -508,7 +511,8 @@ def _cpu_weight_layout(model: Any, transposed: bool = True) -> int:
         if not isinstance(module, torch.nn.Linear):
             continue
         weight = module.weight
-        if id(weight) in seen or weight.device.type != "cpu" or weight.dim() != 2:
+        if (id(weight) in seen or weight.device.type != "cpu" or weight.dim() != 2
+                or not weight.is_floating_point()):  # int8 weights keep the kernel's layout
             continue
         seen.add(id(weight))
         rows, cols = weight.shape
@@ -589,7 +593,8 @@ class Engine:
         max_prefill_tokens: most padded prompt tokens prefilled in one forward pass (a longer
             prompt is prefilled in chunks of that size, one per step).
         adapter_mode: "mixed" (one forward for any mix of adapters) or "grouped".
-        merge_adapters: run a batch of one adapter with it merged into the base weights.
+        merge_adapters: run a batch of one adapter with it merged into the base weights (never
+            into int8 weights: adapters then run unmerged).
         cpu_weight_layout: store linear weights transposed for the CPU GEMM (None: on a CPU in
             float32).
         observer: metric callbacks.
@@ -615,7 +620,8 @@ class Engine:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_prefill_tokens = max_prefill_tokens
         self.adapter_mode = adapter_mode
-        self.merge_adapters = merge_adapters
+        self.int8 = is_int8(model)
+        self.merge_adapters = merge_adapters and not self.int8
         if cpu_weight_layout is None:
             weight = next(model.parameters())
             cpu_weight_layout = weight.device.type == "cpu" and weight.dtype == torch.float32
@@ -704,7 +710,9 @@ class Engine:
 
     @property
     def weight_dtype(self) -> str:
-        """The precision of the base model's weights ("float32", "bfloat16", ...)."""
+        """The precision of the base model's weights ("float32", "bfloat16", "int8", ...)."""
+        if self.int8:
+            return "int8"
         return str(self.dtype or next(self.model.parameters()).dtype).removeprefix("torch.")
 
     def add_adapter(self, name: str, path: str) -> None:
@@ -1266,9 +1274,9 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 
 # --- the weights' precision, chosen where the engine runs ---------------------------------------
 
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "int8")  # int8: weight-only (int8_weights), float activations
 AUTO = "auto"
-MIN_GAIN = 1.1  # bfloat16's geometric-mean decode speed-up over float32 needed under auto
+MIN_GAIN = 1.1  # a candidate's geometric-mean decode speed-up over float32 needed under auto
 TIMED_ROWS = (1, 16)
 
 
@@ -1283,6 +1291,11 @@ class DtypeChoice:
     verdicts: dict[str, bool] | None = None
     weight_layout: str | None = None  # float32 on a CPU: "natural" or "transposed" (timed)
     layout_timings_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def engine_dtype(self) -> torch.dtype | None:
+        """The `dtype` to give the Engine (None for int8: its activations stay float32)."""
+        return None if self.dtype == "int8" else getattr(torch, self.dtype)
 
     def card(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "chosen_by": self.chosen_by, "reason": self.reason,
@@ -1378,44 +1391,58 @@ def choose_dtype(model: Any, requested: str, device: str,
     """`model` (float32) in the dtype to serve, and why.
 
     A pinned dtype (`requested` in DTYPES) is served even if its parity failed (logged).
-    `auto`: only dtypes `verdicts` passed when a manifest exists; then bfloat16 on a GPU, and on
-    a CPU bfloat16 only if it decodes no slower than float32 at any timed batch size and
-    MIN_GAIN faster on the geometric mean (CPUs without bf16 instructions do not get there).
+    `auto`: the candidates are bfloat16 (unless a manifest exists and did not pass it) and int8
+    (only where a manifest passed it: a quantization is served only with its perplexity
+    checked). On a GPU bfloat16 if it is a candidate; on a CPU each candidate's decode steps are
+    timed against float32's, and the fastest that is no slower at any timed batch size and
+    MIN_GAIN faster on the geometric mean is served, else float32.
     """
     if requested != AUTO and requested not in DTYPES:
         raise ValueError(f"llm_dtype must be auto or one of {', '.join(DTYPES)} (got "
                          f"{requested!r})")
     if requested != AUTO:
-        why = "pinned by config (llm_dtype / TUNESHIP_LLM_DTYPE)"
-        if verdicts is not None and not verdicts.get(requested, requested == "float32"):
-            log.warning("serving %s as pinned although its parity did not pass", requested)
-            why += "; its parity did not pass"
-        if requested == "float32" and device == "cpu":
-            layout, layouts = choose_layout(model)
-            return model, DtypeChoice(requested, "config", why, verdicts=verdicts,
-                                      weight_layout=layout, layout_timings_ms=layouts)
-        return _cast(model, requested), DtypeChoice(requested, "config", why, verdicts=verdicts)
-    if verdicts is not None and not verdicts.get("bfloat16"):
-        layout, layouts = choose_layout(model) if device == "cpu" else (None, {})
-        return model, DtypeChoice("float32", "manifest", "bfloat16 has no passed parity in the "
-                                  "model's runtimes/manifest.json", verdicts=verdicts,
-                                  weight_layout=layout, layout_timings_ms=layouts)
-    if device != "cpu":
+        return _pinned(model, requested, device, verdicts)
+    candidates = [d for d in ("bfloat16", "int8")
+                  if (verdicts.get(d, False) if verdicts is not None else d == "bfloat16")]
+    if device != "cpu" and "bfloat16" in candidates:
         return _cast(model, "bfloat16"), DtypeChoice("bfloat16", "device",
                                                      f"bfloat16 on {device}", verdicts=verdicts)
-    candidate = copy.deepcopy(model).to(torch.bfloat16)
-    layout, layouts = choose_layout(model)  # float32 as the engine would serve it
-    timings = time_dtypes({"float32": model, "bfloat16": candidate})
-    ratios = speedups(timings, "bfloat16")
-    faster = faster_everywhere(ratios)
-    chosen = "bfloat16" if faster else "float32"
-    reason = (f"bfloat16 decode speed-up over float32 here: "
-              f"{', '.join(f'{k} {v:.2f}x' for k, v in ratios.items())} (needs >= 1 at each "
-              f"and a geometric mean >= {MIN_GAIN}x)")
-    if faster:
-        return candidate, DtypeChoice(chosen, "timing", reason, timings, verdicts)
+    layout, layouts = choose_layout(model) if device == "cpu" else (None, {})
+    if device != "cpu" or not candidates:
+        return model, DtypeChoice("float32", "manifest", "neither bfloat16 nor int8 has a "
+                                  "passed parity in the model's runtimes/manifest.json",
+                                  verdicts=verdicts, weight_layout=layout,
+                                  layout_timings_ms=layouts)
+    built = {d: _cast(copy.deepcopy(model), d) for d in candidates}
+    timings = time_dtypes({"float32": model, **built})  # float32 as the engine would serve it
+    ratios = {d: speedups(timings, d) for d in candidates}
+    winners = [d for d in candidates if faster_everywhere(ratios[d])]
+    chosen = max(winners, key=lambda d: _geometric_mean(ratios[d]), default="float32")
+    reason = "; ".join(f"{d} decode speed-up over float32 here: "
+                       f"{', '.join(f'{k} {v:.2f}x' for k, v in ratios[d].items())}"
+                       for d in candidates)
+    reason += f" (needs >= 1 at each and a geometric mean >= {MIN_GAIN}x; the fastest wins)"
+    if chosen != "float32":
+        return built[chosen], DtypeChoice(chosen, "timing", reason, timings, verdicts)
     return model, DtypeChoice(chosen, "timing", reason, timings, verdicts, layout, layouts)
 
 
+def _pinned(model: Any, dtype: str, device: str,
+            verdicts: dict[str, bool] | None) -> tuple[Any, DtypeChoice]:
+    why = "pinned by config (llm_dtype / TUNESHIP_LLM_DTYPE)"
+    if verdicts is not None and not verdicts.get(dtype, dtype == "float32"):
+        log.warning("serving %s as pinned although its parity did not pass", dtype)
+        why += "; its parity did not pass"
+    if dtype == "float32" and device == "cpu":
+        layout, layouts = choose_layout(model)
+        return model, DtypeChoice(dtype, "config", why, verdicts=verdicts,
+                                  weight_layout=layout, layout_timings_ms=layouts)
+    return _cast(model, dtype), DtypeChoice(dtype, "config", why, verdicts=verdicts)
+
+
 def _cast(model: Any, dtype: str) -> Any:
+    """`model` in `dtype`: int8 quantizes its linear layers in place (int8_weights)."""
+    if dtype == "int8":
+        quantize_int8(model)
+        return model
     return model.to(getattr(torch, dtype))

@@ -21,9 +21,10 @@ local adapters. The same guards as `/classify` (guards.py: API key, JSON only, b
 OpenAI-shaped errors on /v1). Engine settings are the `llm_*` bento arguments (conf/serve/); a
 TUNESHIP_LLM_<NAME> environment variable overrides one at serve time (tests, benchmarks):
 KV_BUDGET, MAX_BATCH, MAX_QUEUE, ADAPTER_MODE, REGISTRY_POLL_S, DTYPE (`llm_dtype`: auto,
-float32 or bfloat16; auto = bfloat16 on a GPU, on a CPU bfloat16 only where it decodes faster
-at 1 and 16 rows, timed at start (engine.choose_dtype); never a dtype that failed parity where
-the model carries the optimize stage's runtimes/manifest.json; `/model` and the
+float32, bfloat16 or int8 weight-only; auto = bfloat16 on a GPU, on a CPU the candidate that
+decodes fastest at 1 and 16 rows, timed at start, if faster than float32 at both
+(engine.choose_dtype); never a dtype that failed parity where the model carries the optimize
+stage's runtimes/manifest.json, and int8 only where it passed there; `/model` and the
 `tuneship_llm_dtype_info` metric say which and why).
 """
 
@@ -407,7 +408,6 @@ class TuneshipLM:
             model, setting("dtype", ARGS.llm_dtype, str), self.device,
             manifest_verdicts(runtime_folders(key)))
         dtype_name = self.dtype_choice.dtype
-        dtype = getattr(torch, dtype_name)
         DTYPE_INFO.labels(dtype=dtype_name, chosen_by=self.dtype_choice.chosen_by).set(1)
         self.adapter = None if key is None else follow.engine_name(key)
         self.template: str | None = meta.get("prompt_template")
@@ -418,7 +418,7 @@ class TuneshipLM:
         adapters |= {follow.engine_name(k): adapter_folder(tag)
                      for k, tag in ARGS.llm_adapters.items()}
         self.engine = Engine(
-            model, self.tokenizer, adapters, device=self.device, dtype=dtype,
+            model, self.tokenizer, adapters, device=self.device, dtype=self.dtype_choice.engine_dtype,
             kv_budget_tokens=setting("kv_budget", 65536 if gpu else 8192),
             max_batch=setting("max_batch", 64 if gpu else 32),
             max_queue=setting("max_queue", 64),

@@ -113,8 +113,9 @@ class ServeArgs(BaseModel):
     llm_max_prefill_tokens: int | None = Field(None, gt=0)  # None: 256 (CPU), 2048 (GPU) a pass
     llm_adapter_mode: Literal["mixed", "grouped"] = "mixed"
     # the base model's weights in the LLM engine: auto = bfloat16 on a GPU; on a CPU bfloat16
-    # only if timed faster at start (engine.choose_dtype); never a dtype that failed parity
-    llm_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # or int8 (weight-only) if timed faster at start (engine.choose_dtype); never a dtype that
+    # failed parity, int8 only where the optimize stage's manifest passed it
+    llm_dtype: Literal["auto", "float32", "bfloat16", "int8"] = "auto"
 
 
 use_offline_hub()

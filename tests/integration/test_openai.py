@@ -11,10 +11,9 @@ the same peft model (base + champion adapter), loaded in this process from the s
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import contextlib
 import os
 import re
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ import openai
 import pytest
 import yaml
 
+from tests.bento_modules import bento
 from tests.integration.conftest import (
     API_KEY,
     LM_NAME,
@@ -157,14 +157,7 @@ def small(served_lm: Served, adapter_dir: Path) -> Iterator[Server]:
 
 def _engine_module():
     """bentos/engine.py, imported as the image imports it (without tuneship)."""
-    spec = importlib.util.spec_from_file_location(
-        "tuneship_engine", Path(__file__).resolve().parents[2] / "bentos" / "engine.py")
-    module = sys.modules.get(spec.name)
-    if module is None:
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-        spec.loader.exec_module(module)
-    return module
+    return bento("engine")
 
 
 def _small_client(server: Server) -> openai.OpenAI:
@@ -513,36 +506,64 @@ def test_bfloat16_serves_the_base_and_merged_adapters_and_restores_the_base(serv
     the adapters are unmerged again (its bf16 weights restored exactly). Greedy tokens against
     `generate` in bf16 are tests/unit/test_engine.py's: the smoke model is random, its logits
     near-ties that bf16 rounding in another batch shape can flip."""
-    home = served_lm.bentoml_home.parent / "bentoml_bf16"
+    with _pinned(served_lm, "bfloat16", adapter_dir) as server:
+        card = httpx.get(f"{server.url}/model", timeout=30).json()["served"]
+        assert (card["dtype"]["dtype"], card["engine"]["dtype"]) == ("bfloat16", "bfloat16")
+        assert card["dtype"]["chosen_by"] == "config"
+        with _small_client(server) as api:
+            first = _ask(api, BASE)
+            adapted = _ask(api, ADAPTER)
+            assert adapted != first  # the adapter is applied
+            assert _ask(api, LM_NAME)
+            assert _ask(api, ADAPTER) == adapted  # merged again after the champion's merge
+            assert _ask(api, BASE) == first
+        after = httpx.get(f"{server.url}/model", timeout=30).json()["served"]["engine"]
+        assert after["adapter_merges"] == 3  # ADAPTER, LM_NAME, ADAPTER: each merged in turn
+
+
+def test_int8_weights_serve_the_base_and_unmerged_adapters(served_lm, adapter_dir):
+    """The same bento pinned to int8 (weight-only): reported so in /model and /metrics; the
+    base, the champion and a local adapter answer, every adapter unmerged (never merged into
+    int8 weights), and each answers the same when asked again after the others."""
+    with _pinned(served_lm, "int8", adapter_dir) as server:
+        card = httpx.get(f"{server.url}/model", timeout=30).json()["served"]
+        assert (card["dtype"]["dtype"], card["engine"]["dtype"]) == ("int8", "int8")
+        assert card["dtype"]["chosen_by"] == "config"
+        with _small_client(server) as api:
+            first, adapted = _ask(api, BASE), _ask(api, ADAPTER)
+            assert adapted != first  # the adapter is applied over the int8 base
+            assert _ask(api, LM_NAME)
+            assert (_ask(api, ADAPTER), _ask(api, BASE)) == (adapted, first)
+        after = httpx.get(f"{server.url}/model", timeout=30).json()["served"]["engine"]
+        assert after.get("adapter_merges", 0) == 0
+        text = httpx.get(f"{server.url}/metrics", timeout=30).text
+        assert re.search(r'^tuneship_llm_dtype_info\{[^}]*dtype="int8"[^}]*\} 1\.0$', text,
+                         re.MULTILINE)
+
+
+@contextlib.contextmanager
+def _pinned(served_lm: Served, dtype: str, adapter_dir: Path) -> Iterator[Server]:
+    """The bento served with `llm_dtype` pinned and the local adapter, in its own home."""
+    home = served_lm.bentoml_home.parent / f"bentoml_{dtype}"
     home.mkdir(exist_ok=True)
     for part in ("bentos", "models"):
         if not (home / part).exists():
             (home / part).symlink_to(served_lm.bentoml_home / part)
     env = {**isolated_env(served_lm.bentoml_home.parent), "BENTOML_HOME": str(home),
-           "TUNESHIP_LLM_DTYPE": "bfloat16", "TUNESHIP_LLM_ADAPTERS": f"{ADAPTER}={adapter_dir}"}
-    server = _start(env, served_lm.bentoml_home.parent / "bf16.log", f"{LM_NAME}:latest")
+           "TUNESHIP_LLM_DTYPE": dtype, "TUNESHIP_LLM_ADAPTERS": f"{ADAPTER}={adapter_dir}"}
+    server = _start(env, served_lm.bentoml_home.parent / f"{dtype}.log", f"{LM_NAME}:latest")
     try:
         _wait_ready(server, time.monotonic() + READY_TIMEOUT_S)
-        card = httpx.get(f"{server.url}/model", timeout=30).json()["served"]
-        assert (card["dtype"]["dtype"], card["engine"]["dtype"]) == ("bfloat16", "bfloat16")
-        assert card["dtype"]["chosen_by"] == "config"
-        with _small_client(server) as api:
-            def ask(model: str) -> str:
-                choice = api.completions.create(model=model, prompt=PROMPT, max_tokens=8,
-                                                temperature=0).choices[0]
-                assert choice.finish_reason in ("stop", "length"), model
-                return choice.text
-
-            first = ask(BASE)
-            adapted = ask(ADAPTER)
-            assert adapted != first  # the adapter is applied
-            assert ask(LM_NAME)
-            assert ask(ADAPTER) == adapted  # merged again after the champion's merge
-            assert ask(BASE) == first
-        after = httpx.get(f"{server.url}/model", timeout=30).json()["served"]["engine"]
-        assert after["adapter_merges"] == 3  # ADAPTER, LM_NAME, ADAPTER: each merged in turn
+        yield server
     finally:
         _stop(server)
+
+
+def _ask(api: openai.OpenAI, model: str) -> str:
+    choice = api.completions.create(model=model, prompt=PROMPT, max_tokens=8,
+                                    temperature=0).choices[0]
+    assert choice.finish_reason in ("stop", "length"), model
+    return choice.text
 
 
 # --- following the registry (last: it registers a new version in the shared store) ----------

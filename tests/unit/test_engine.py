@@ -8,21 +8,18 @@ the KV budget and the queue bound admission.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
+import copy
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.bento_modules import bento
+
 pytestmark = pytest.mark.unit
 
-BENTOS = Path(__file__).resolve().parents[2] / "bentos"
-SPEC = importlib.util.spec_from_file_location("tuneship_engine", BENTOS / "engine.py")
-engine_mod = importlib.util.module_from_spec(SPEC)
-sys.modules[SPEC.name] = engine_mod  # dataclasses resolve annotations through sys.modules
-SPEC.loader.exec_module(engine_mod)
+engine_mod = bento("engine")  # bentos/engine.py as the image imports it (without tuneship)
+int8_weights = bento("int8_weights")
 Engine, Request, SamplingParams = engine_mod.Engine, engine_mod.Request, engine_mod.SamplingParams
 
 TEXT = """First Citizen: Before we proceed any further, hear me speak.
@@ -587,3 +584,87 @@ def test_the_float32_weight_layout_is_timed_and_left_as_chosen(tokenizer):
     _, choice = engine_mod.choose_dtype(tiny_llama(tokenizer), "float32", "cpu")
     assert choice.weight_layout in ("natural", "transposed")
     assert choice.card()["weight_layout"] == choice.weight_layout
+
+
+def test_int8_weights_are_per_channel_within_half_a_step_and_leave_the_rest(tokenizer):
+    """Every linear layer of the base (the tied head included) holds int8 weights whose
+    dequantized values are within half a quantization step (plus the rounding of the scale)
+    of the float32 ones; the embedding and the norms are untouched."""
+    model, plain = tiny_llama(tokenizer, hidden=64), tiny_llama(tokenizer, hidden=64)
+    assert int8_weights.quantize_int8(model) == 2 * 7 + 1  # q k v o gate up down, the head
+    assert int8_weights.is_int8(model) and not int8_weights.is_int8(plain)
+    originals = dict(plain.named_modules())
+    for name, module in model.named_modules():
+        if not isinstance(module, int8_weights.Int8Linear):
+            continue
+        weight = originals[name].weight.detach()
+        exact = weight.abs().amax(dim=1) / 127
+        bound = 0.5 * exact + 127 * (module.scales.float() - exact).abs() + 1e-7
+        assert module.weight.dtype == torch.int8
+        assert bool(((module.dequantized() - weight).abs() <= bound[:, None]).all()), name
+    torch.testing.assert_close(model.model.embed_tokens.weight, plain.model.embed_tokens.weight,
+                               rtol=0, atol=0)
+    x = torch.tensor([ids(tokenizer, PROMPTS[4])])
+    with torch.inference_mode():
+        got, want = model(x).logits, plain(x).logits
+    relative = float(torch.linalg.norm(got - want) / torch.linalg.norm(want))
+    assert relative < 0.05, relative  # 8-bit steps of a random 64-wide model: a few %
+
+
+def test_int8_engine_runs_adapters_unmerged_like_peft_over_the_same_weights(tokenizer,
+                                                                          tmp_path):
+    """An int8 base serves LoRA adapters unmerged (merging would re-quantize): the engine's
+    greedy text equals peft's own `generate` over the same int8 base, for the adapter and for
+    the base, and the tied head stays int8 after the adapters load."""
+    from peft import PeftModel
+
+    folders = lora_folders(tokenizer, tmp_path, hidden=64)
+    model = tiny_llama(tokenizer, hidden=64)
+    int8_weights.quantize_int8(model)
+    with Engine(model, tokenizer, adapters=folders, max_batch=8) as engine:
+        results = {a: engine.generate(Request(ids(tokenizer, PROMPTS[0]),
+                                              SamplingParams(max_tokens=12), a), timeout=60)
+                   for a in ("poet", None)}
+        stats = engine.stats()
+        assert isinstance(engine.model.get_base_model().lm_head, int8_weights.Int8Linear)
+    assert stats["dtype"] == "int8" and stats.get("adapter_merges", 0) == 0
+    assert stats.get("weights_transposed", 0) == 0  # int8 weights keep the kernel's layout
+    base = tiny_llama(tokenizer, hidden=64)
+    int8_weights.quantize_int8(base)
+    assert results[None].text == reference(base, tokenizer, PROMPTS[0], 12)
+    tuned = PeftModel.from_pretrained(base, folders["poet"]).eval()
+    assert results["poet"].text == reference(tuned, tokenizer, PROMPTS[0], 12)
+
+
+def test_int8_leaves_layers_the_kernel_cannot_run_in_float():
+    """Input widths that are not a multiple of 16 (which the kernel gets wrong or crashes on),
+    tiny matrices and LoRA's own layers stay float; the others become Int8Linear and match
+    the float product to about 1 %."""
+    torch.manual_seed(0)
+    net = torch.nn.ModuleDict({"wide": torch.nn.Linear(48, 40), "odd": torch.nn.Linear(40, 48),
+                               "tiny": torch.nn.Linear(48, 8), "lora_A": torch.nn.Linear(48, 32)})
+    wide = copy.deepcopy(net["wide"])
+    assert int8_weights.quantize_int8(net) == 1
+    assert isinstance(net["wide"], int8_weights.Int8Linear)
+    assert all(type(net[k]) is torch.nn.Linear for k in ("odd", "tiny", "lora_A"))
+    x = torch.randn(5, 48)
+    relative = torch.linalg.norm(net["wide"](x) - wide(x)) / torch.linalg.norm(wide(x))
+    assert float(relative) < 0.02
+
+
+def test_choose_dtype_int8_pinned_or_only_where_the_manifest_passed_it(tokenizer):
+    choose = engine_mod.choose_dtype
+    model, choice = choose(tiny_llama(tokenizer, hidden=64), "int8", "cpu")
+    assert (choice.dtype, choice.chosen_by, choice.engine_dtype) == ("int8", "config", None)
+    assert int8_weights.is_int8(model)
+    # without a manifest, auto times bfloat16 only: int8 needs a passed perplexity gate
+    _, choice = choose(tiny_llama(tokenizer, hidden=64), "auto", "cpu", None)
+    assert set(choice.timings_ms) == {"float32", "bfloat16"}
+    model, choice = choose(tiny_llama(tokenizer, hidden=64), "auto", "cpu",
+                           {"bfloat16": False, "int8": True})
+    assert set(choice.timings_ms) == {"float32", "int8"} and "int8 decode" in choice.reason
+    faster = engine_mod.faster_everywhere(engine_mod.speedups(choice.timings_ms, "int8"))
+    assert choice.dtype == ("int8" if faster else "float32")
+    assert int8_weights.is_int8(model) == faster
+    _, choice = choose(tiny_llama(tokenizer, hidden=64), "auto", "cuda", {"int8": True})
+    assert (choice.dtype, choice.chosen_by) == ("float32", "manifest")  # bf16 failed: no GPU int8

@@ -1,6 +1,7 @@
 """Optimized runtimes of a registered causal LM (base + LoRA adapter), scored against its fp32
-model: bf16 weights, and int8 dynamic quantization of the base's linear layers
-(`torch.ao.quantization.quantize_dynamic`; the LoRA matrices stay fp32).
+model: bf16 weights, and int8 weight-only linear layers of the base (`bentos/int8_weights.py`,
+the module the LLM service serves `llm_dtype: int8` with; the LoRA matrices stay fp32 and
+unmerged, as served).
 
 Parity on the test blocks (the task's own scoring): `perplexity`, `reference_perplexity` (fp32)
 and `perplexity_ratio` (candidate / fp32).
@@ -18,6 +19,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from tuneship.config import OptimizeConfig
 from tuneship.errors import TuneshipError
+from tuneship.settings import bento_module
 from tuneship.tasks.base import Candidate, RuntimeSuite
 from tuneship.tasks.causal_lm import registry, scoring
 
@@ -26,11 +28,10 @@ if TYPE_CHECKING:
 
 
 def int8_linear(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of `model` whose linear layers, except LoRA's own, run in dynamic int8."""
-    targets = {name for name, module in model.named_modules()
-               if isinstance(module, torch.nn.Linear) and "lora_" not in name}
-    spec = dict.fromkeys(targets, torch.ao.quantization.default_dynamic_qconfig)
-    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
+    """A copy of `model` whose linear layers, except LoRA's own, hold int8 weights."""
+    quantized = copy.deepcopy(model)
+    bento_module("int8_weights").quantize_int8(quantized)
+    return quantized
 
 
 class LMRuntimes(RuntimeSuite):
