@@ -37,6 +37,7 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -391,9 +392,47 @@ class TuneshipLM:
 
     def __init__(self) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         stored = self.bento_model
+        # The model is loaded, timed and handed to the engine in a thread that then ends: every
+        # thread that ran a parallel torch op keeps an OpenMP team, and while another team's
+        # thread lives the engine thread's small decode GEMMs run markedly slower
+        # (bentos/README.md, "Threads matter more than the kernel at one row").
+        with ThreadPoolExecutor(1, thread_name_prefix="tuneship-load") as pool:
+            base, local, dtype_name = pool.submit(self._start_engine, stored).result()
+        self.default_new = min(ARGS.max_new_tokens, int(self.defaults.get("max_new_tokens", 64)))
+        fixed = {name: name for name in local}
+        self.served = openai_api.ServedModel(
+            engine=self.engine, tokenizer=self.tokenizer, model_id=base["name"],
+            aliases=frozenset({base["bento_model"], f"{base['name']}/{base['version']}"}),
+            max_tokens_limit=ARGS.max_new_tokens, default_max_tokens=self.default_new,
+            repetition_penalty=float(self.defaults.get("repetition_penalty", 1.0)),
+            max_stop=ARGS.max_stop,
+            names={**fixed, **follow.served_names(ARGS.llm_aliases, list(ARGS.llm_adapters),
+                                                  ARGS.alias)})
+        self.follower = platform_mode.follower_class()(
+            self.served, platform_mode.follow_refs(ARGS.llm_follow), base.get("sha256"), ARGS.alias,
+            registry_uri(),
+            Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "tuneship-adapters",
+            cards={k: stored_card(tag, ARGS.alias) for k, tag in ARGS.llm_adapters.items()},
+            fixed=fixed)
+        self.engine.generate(Request(self.tokenizer("Hello")["input_ids"] or [0],
+                                     SamplingParams(max_tokens=2)), timeout=120)  # warm-up
+        poll = platform_mode.poll_s(setting("registry_poll_s", 0.0, float))
+        if poll > 0 and self.follower.refs:
+            self.follower.poll(poll)
+        routes.state.service = self
+        openai_app.state.llm = self.served
+        log.info("loaded %s on %s (%s, %d torch threads, context %d tokens, adapters %s, "
+                 "following %s every %ss; engine %s)", stored.tag, self.device, dtype_name,
+                 torch.get_num_threads(), self.context, self.served.model_ids()[1:] or "none",
+                 self.follower.refs or "nothing", poll or "-", self.engine.stats())
+
+    def _start_engine(self, stored: Any) -> tuple[dict[str, Any], dict[str, str], str]:
+        """Load the model, choose its dtype and start the engine (in a short-lived thread)."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         files = stored.info.metadata["transformers"]
         self.device = device()
         gpu = self.device == "cuda"
@@ -427,33 +466,7 @@ class TuneshipLM:
             max_model_len=self.context, adapter_mode=setting("adapter_mode", "mixed", str),
             cpu_weight_layout=self.dtype_choice.weight_layout == "transposed",
             observer=Metrics(base["name"]), model_name=base["name"])
-        self.default_new = min(ARGS.max_new_tokens, int(self.defaults.get("max_new_tokens", 64)))
-        fixed = {name: name for name in local}
-        self.served = openai_api.ServedModel(
-            engine=self.engine, tokenizer=self.tokenizer, model_id=base["name"],
-            aliases=frozenset({base["bento_model"], f"{base['name']}/{base['version']}"}),
-            max_tokens_limit=ARGS.max_new_tokens, default_max_tokens=self.default_new,
-            repetition_penalty=float(self.defaults.get("repetition_penalty", 1.0)),
-            max_stop=ARGS.max_stop,
-            names={**fixed, **follow.served_names(ARGS.llm_aliases, list(ARGS.llm_adapters),
-                                                  ARGS.alias)})
-        self.follower = platform_mode.follower_class()(
-            self.served, platform_mode.follow_refs(ARGS.llm_follow), base.get("sha256"), ARGS.alias,
-            registry_uri(),
-            Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "tuneship-adapters",
-            cards={k: stored_card(tag, ARGS.alias) for k, tag in ARGS.llm_adapters.items()},
-            fixed=fixed)
-        self.engine.generate(Request(self.tokenizer("Hello")["input_ids"] or [0],
-                                     SamplingParams(max_tokens=2)), timeout=120)  # warm-up
-        poll = platform_mode.poll_s(setting("registry_poll_s", 0.0, float))
-        if poll > 0 and self.follower.refs:
-            self.follower.poll(poll)
-        routes.state.service = self
-        openai_app.state.llm = self.served
-        log.info("loaded %s on %s (%s, %d torch threads, context %d tokens, adapters %s, "
-                 "following %s every %ss; engine %s)", stored.tag, self.device, dtype_name,
-                 torch.get_num_threads(), self.context, self.served.model_ids()[1:] or "none",
-                 self.follower.refs or "nothing", poll or "-", self.engine.stats())
+        return base, local, dtype_name
 
     def prepare(self, body: GenerateRequest) -> Request:
         """A /generate body as an engine request; InvalidRequest (400) if it cannot run."""
