@@ -1044,10 +1044,18 @@ class Engine:
             yield
             return
         self._unmerge()
-        if self._active != only:
-            self.model.set_adapter(only, inference_mode=True)
-            self._active = only
+        self._activate(only)
         yield
+
+    def _activate(self, name: str) -> None:
+        """Make `name` peft's active adapter (unmerged: peft unmerges on `set_adapter` itself).
+
+        Merged too: a layer the merged adapter does not target still adds its active adapter's
+        LoRA, so another adapter left active there would leak into the merged one's answers.
+        """
+        if self._active != name:
+            self.model.set_adapter(name, inference_mode=True)
+            self._active = name
 
     def _only_adapter_in_use(self, name: str) -> bool:
         """Whether every running or prefilling row uses adapter `name` (merging it then lasts:
@@ -1069,6 +1077,7 @@ class Engine:
         if self._merged == name:
             return True
         self._unmerge()
+        self._activate(name)
         self._saved = [(w, w.detach().clone()) for w in self._merged_weights(name)]
         try:
             self.model.base_model.merge_adapter(adapter_names=[name])
@@ -1409,10 +1418,11 @@ def choose_dtype(model: Any, requested: str, device: str,
                                                      f"bfloat16 on {device}", verdicts=verdicts)
     layout, layouts = choose_layout(model) if device == "cpu" else (None, {})
     if device != "cpu" or not candidates:
-        return model, DtypeChoice("float32", "manifest", "neither bfloat16 nor int8 has a "
-                                  "passed parity in the model's runtimes/manifest.json",
-                                  verdicts=verdicts, weight_layout=layout,
-                                  layout_timings_ms=layouts)
+        why = ("bfloat16 has no passed parity in the model's runtimes/manifest.json (int8 is a "
+               "CPU candidate)" if device != "cpu" else "neither bfloat16 nor int8 has a passed "
+               "parity in the model's runtimes/manifest.json")
+        return model, DtypeChoice("float32", "manifest", why, verdicts=verdicts,
+                                  weight_layout=layout, layout_timings_ms=layouts)
     built = {d: _cast(copy.deepcopy(model), d) for d in candidates}
     timings = time_dtypes({"float32": model, **built})  # float32 as the engine would serve it
     ratios = {d: speedups(timings, d) for d in candidates}

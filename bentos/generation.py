@@ -269,7 +269,7 @@ async def model_endpoint(request: HTTPRequest) -> JSONResponse:
     service = getattr(request.app.state, "service", None)
     if service is not None:
         served = service.served
-        card["served"] = {"models": [served.card(m) for m in served.model_ids()],
+        card["served"] = {"models": served.cards(),
                           "registered": dict(service.follower.cards),
                           "skipped": dict(service.follower.skipped),
                           "dtype": service.dtype_choice.card(),

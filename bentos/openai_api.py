@@ -27,6 +27,7 @@ empty `choices` carries the token counts. A client that closes a stream cancels 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -106,6 +107,15 @@ class ServedModel:
         named = {m for m, adapter in self.names.items() if adapter in loaded}
         unnamed = set(loaded) - set(self.names.values())
         return [self.model_id, *sorted(named | unnamed)]
+
+    def cards(self) -> list[dict[str, Any]]:
+        """The card of every served id; an adapter the registry follower unloads meanwhile (in
+        its own thread) is left out rather than failing the listing."""
+        found = []
+        for model in self.model_ids():
+            with contextlib.suppress(UnknownAdapter):
+                found.append(self.card(model))
+        return found
 
     def card(self, model: str) -> dict[str, Any]:
         adapter = self.resolve(model)
@@ -558,7 +568,7 @@ async def list_models(request: HTTPRequest) -> Response:
         served = _served(request)
     except APIError as err:
         return error_response(err)
-    return JSONResponse({"object": "list", "data": [served.card(m) for m in served.model_ids()]})
+    return JSONResponse({"object": "list", "data": served.cards()})
 
 
 async def get_model(request: HTTPRequest) -> Response:

@@ -50,6 +50,27 @@ class Served:
     bentoml_home: Path
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed test's report carries the tail of every server log its fixtures started (the
+    server's side of a 500 is otherwise lost with the temporary directory)."""
+    report = yield
+    if report.failed:
+        for server in _servers(getattr(item, "funcargs", {}).values()):
+            with contextlib.suppress(OSError):
+                report.sections.append((f"server log {server.log}",
+                                        server.log.read_text(errors="replace")[-6000:]))
+    return report
+
+
+def _servers(values) -> Iterator[Server]:
+    for value in values:
+        if isinstance(value, Server):
+            yield value
+        elif isinstance(value, Served):
+            yield from (value.open, value.keyed)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -155,11 +155,6 @@ def small(served_lm: Served, adapter_dir: Path) -> Iterator[Server]:
         _stop(server)
 
 
-def _engine_module():
-    """bentos/engine.py, imported as the image imports it (without tuneship)."""
-    return bento("engine")
-
-
 def _small_client(server: Server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0,
                          timeout=60)
@@ -440,7 +435,7 @@ def test_adapter_is_listed_with_its_parent_and_answers_like_peft(small, weights,
         # The reference runs the weight layout the server timed and chose (the same values,
         # another GEMM summation order, which can flip a near-tie of the random tiny model).
         card = httpx.get(f"{small.url}/model", timeout=30).json()["served"]["dtype"]
-        _engine_module()._cpu_weight_layout(tuned, card["weight_layout"] == "transposed")
+        bento("engine")._cpu_weight_layout(tuned, card["weight_layout"] == "transposed")
         ids = weights.prompt_ids(PROMPT)
         want = {LM_NAME: weights.generate(ids, 12)["text"],
                 ADAPTER: weights.generate(ids, 12, model=tuned)["text"]}

@@ -309,7 +309,10 @@ def test_cancelling_a_waiting_request_drops_it_before_it_runs(model, tokenizer):
         assert engine.stats()["finished_cancelled"] == 1
 
 
-def lora_folders(tokenizer, tmp_path, names=("poet", "clerk"), hidden: int = 32):
+def lora_folders(tokenizer, tmp_path, names=("poet", "clerk"), hidden: int = 32,
+                 targets=None):
+    """Random (non-zero) LoRA adapters saved as peft folders; `targets` maps a name to its
+    target modules (default: q_proj, v_proj, down_proj)."""
     from peft import LoraConfig, get_peft_model
 
     folders = {}
@@ -317,8 +320,8 @@ def lora_folders(tokenizer, tmp_path, names=("poet", "clerk"), hidden: int = 32)
         base = tiny_llama(tokenizer, hidden=hidden)
         torch.manual_seed(100 + n)
         peft = get_peft_model(base, LoraConfig(
-            r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
-            init_lora_weights=False))
+            r=4, lora_alpha=16, init_lora_weights=False,
+            target_modules=(targets or {}).get(name, ["q_proj", "v_proj", "down_proj"])))
         peft.save_pretrained(tmp_path / name)
         folders[name] = str(tmp_path / name)
     return folders
@@ -360,6 +363,35 @@ def test_single_adapter_batches_run_merged_and_switching_stays_exact(tokenizer, 
         assert engine.generate(ask("poet", PROMPTS[0]), timeout=60).text == \
             want("poet", PROMPTS[0])
         assert engine.stats().get("adapter_merges", 0) == 0
+
+
+def test_adapters_on_different_layers_do_not_leak_into_each_other(tokenizer, tmp_path):
+    """Two adapters targeting different layers: each one's answer, merged alone or unmerged
+    beside the other, equals peft's with that adapter loaded alone (a merged adapter leaves
+    the other layers to peft's active adapter, which must then be that same adapter)."""
+    from peft import PeftModel
+
+    folders = lora_folders(tokenizer, tmp_path, targets={
+        "poet": ["q_proj", "v_proj"], "clerk": ["o_proj", "up_proj", "down_proj"]})
+
+    def want(adapter, prompt, n=12):
+        peft = PeftModel.from_pretrained(tiny_llama(tokenizer), folders[adapter]).eval()
+        return reference(peft, tokenizer, prompt, n)
+
+    def ask(adapter, prompt, n=12):
+        return Request(ids(tokenizer, prompt), SamplingParams(max_tokens=n), adapter=adapter)
+
+    for merge in (True, False):
+        with Engine(tiny_llama(tokenizer), tokenizer, adapters=folders,
+                    merge_adapters=merge) as engine:
+            for adapter in ["clerk", "poet", "clerk", "poet"]:
+                assert engine.generate(ask(adapter, PROMPTS[0]), timeout=60).text == \
+                    want(adapter, PROMPTS[0]), (adapter, merge)
+            together = [("poet", PROMPTS[1]), ("clerk", PROMPTS[2])]
+            results = asyncio.run(collect_all(engine, [ask(a, p) for a, p in together]))
+            assert [r.text for r in results] == [want(a, p) for a, p in together]
+            assert engine.generate(ask("clerk", PROMPTS[3]), timeout=60).text == \
+                want("clerk", PROMPTS[3])
 
 
 def test_base_weights_survive_many_merge_cycles(tokenizer, tmp_path):
@@ -589,7 +621,7 @@ def test_the_float32_weight_layout_is_timed_and_left_as_chosen(tokenizer):
 def test_int8_weights_are_per_channel_within_half_a_step_and_leave_the_rest(tokenizer):
     """Every linear layer of the base (the tied head included) holds int8 weights whose
     dequantized values are within half a quantization step (plus the rounding of the scale)
-    of the float32 ones; the embedding and the norms are untouched."""
+    of the float32 ones; the input embedding is untouched."""
     model, plain = tiny_llama(tokenizer, hidden=64), tiny_llama(tokenizer, hidden=64)
     assert int8_weights.quantize_int8(model) == 2 * 7 + 1  # q k v o gate up down, the head
     assert int8_weights.is_int8(model) and not int8_weights.is_int8(plain)
