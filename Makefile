@@ -155,10 +155,12 @@ serve-platform: setup ## Serve $(experiment)'s bento + files + fine-tuning jobs 
 
 # --- monitoring (deploy/monitoring/README.md) ----------------------------------------------------
 MONITOR_PORT ?= 9090
-.PHONY: monitor monitoring-up
+.PHONY: monitor monitoring-up monitoring-screenshot
 monitor: setup ## Drift of the served $(experiment) champion: a window of the inference table vs its training data (Evidently -> MLflow)
 	$(PY) pipelines/monitor.py $(HYDRA_ARGS)
 monitoring-up: ## Prometheus on http://127.0.0.1:$(MONITOR_PORT) scraping deploy/monitoring/targets/*.json
 	@command -v prometheus >/dev/null || { echo "monitoring-up: no prometheus: apt-get install -y prometheus" >&2; exit 1; }
 	prometheus --config.file=deploy/monitoring/prometheus.yml --storage.tsdb.path=$(CURDIR)/.prometheus \
 		--web.listen-address=127.0.0.1:$(MONITOR_PORT)
+monitoring-screenshot: ## PNG of the running Prometheus's graphs of the dashboard's series (headless chromium)
+	bash deploy/monitoring/screenshot.sh deploy/monitoring/dashboard.png http://127.0.0.1:$(MONITOR_PORT)

@@ -17,7 +17,8 @@ them with the machine to benchmarks/results/generate_load.json (`--json`).
 `--api openai` drives `/v1/completions` with the official AsyncOpenAI client (streamed) against
 the bento, the bento decoding one request at a time, and `transformers serve
 --continuous-batching` on the same weights (see "The OpenAI routes" below; JSON:
-generate_load_openai.json). `--adapter-ab` measures LoRA adapters mixed in one forward against
+generate_load_openai.json); with `--url` it drives a service already running instead (no server
+started, no RSS, nothing written: traffic for a dashboard). `--adapter-ab` measures LoRA adapters mixed in one forward against
 one forward per adapter group, in process.
 
 `--base-dir DIR --adapter-dir DIR` serves a base model folder plus a LoRA adapter without a built
@@ -27,7 +28,10 @@ TUNESHIP_LLM_ADAPTERS, the clients name the adapter, and transformers serve gets
 merged (base + adapter, `merge_and_unload`). `--before-engine FILE` adds `tuneship-before`: the
 same service with that engine.py instead. `--prompt-tokens N` sends prompts of exactly N tokens.
 `small-prefill` is the bento with TUNESHIP_LLM_MAX_PREFILL_TOKENS=256 (a burst's prompts prefilled
-a few per step instead of in one pass: time to first text against throughput).
+a few per step instead of in one pass: time to first text against throughput; 256 is now the CPU
+default, so the variant differs from `tuneship` only on a GPU). `int8` is the bento with
+TUNESHIP_LLM_DTYPE=int8: int8 weight-only linear layers (bentos/int8_weights.py), the runtime
+`make optimize` scores against float32 and `llm_dtype: auto` serves where that gate passed it.
 """
 
 from __future__ import annotations
@@ -224,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
 # the first text p50/p99, inter-chunk gap p50, errors by kind, and the peak RSS of the server's
 # process tree.
 
-VARIANTS = ("tuneship", "tuneship-before", "one-at-a-time", "small-prefill", "transformers-serve")
+VARIANTS = ("tuneship", "tuneship-before", "one-at-a-time", "small-prefill", "int8",
+            "transformers-serve")
 SMALL_PREFILL = 256  # the small-prefill variant's TUNESHIP_LLM_MAX_PREFILL_TOKENS
 
 
@@ -261,6 +266,10 @@ def add_openai_args(parser: argparse.ArgumentParser) -> None:
                         help="with --base-dir: variant tuneship-before runs this engine.py")
     parser.add_argument("--prompt-tokens", type=int,
                         help="prompts of exactly this many tokens (else speaker lines)")
+    parser.add_argument("--url", help="drive this running service's /v1 (no server started; "
+                                      "--model names the model to ask for; no RSS column)")
+    parser.add_argument("--api-key", default=os.environ.get("TUNESHIP_API_KEY", "bench"),
+                        help="bearer key for --url (default: $TUNESHIP_API_KEY)")
     parser.add_argument("--adapter-ab", action="store_true",
                         help="in-process A/B of LoRA adapters mixed in one forward vs one "
                              "forward per adapter group (bentos/engine.py adapter_mode)")
@@ -305,8 +314,10 @@ def serving(cmd: list[str], env: dict[str, str], port: int, log: Path, ready_pat
 
 
 async def drive_openai(url: str, model: str, prompts: list[str], variant: str, concurrency: int,
-                       seconds: float, max_tokens: int, pid: int) -> StreamLevel:
-    """`concurrency` AsyncOpenAI clients streaming completions back to back for `seconds`."""
+                       seconds: float, max_tokens: int, pid: int | None,
+                       api_key: str = "bench") -> StreamLevel:
+    """`concurrency` AsyncOpenAI clients streaming completions back to back for `seconds`
+    (the peak RSS of process `pid`'s tree sampled meanwhile, when given)."""
     import openai
 
     level = StreamLevel(variant, concurrency)
@@ -314,11 +325,11 @@ async def drive_openai(url: str, model: str, prompts: list[str], variant: str, c
     stop_sampling = asyncio.Event()
 
     async def sample_rss() -> None:
-        while not stop_sampling.is_set():
+        while pid is not None and not stop_sampling.is_set():
             level.peak_rss_mb = max(level.peak_rss_mb, tree_rss(pid)[0] / 2**20)
             await asyncio.sleep(0.5)
 
-    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0,
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0,
                                   timeout=300) as api:
         start = time.perf_counter()
         deadline = start + seconds
@@ -374,7 +385,8 @@ def variant_command(variant: str, bento: str, port: int, folder: Path,
                 "--cb-max-batch-tokens", "2048", "--host", "127.0.0.1", "--port", str(port),
                 "--log-level", "warning"], {}
     env = {"one-at-a-time": {"TUNESHIP_LLM_MAX_BATCH": "1"},
-           "small-prefill": {"TUNESHIP_LLM_MAX_PREFILL_TOKENS": str(SMALL_PREFILL)}}.get(variant, {})
+           "small-prefill": {"TUNESHIP_LLM_MAX_PREFILL_TOKENS": str(SMALL_PREFILL)},
+           "int8": {"TUNESHIP_LLM_DTYPE": "int8"}}.get(variant, {})
     if source:
         tree = source.get(variant, source["tuneship"])
         return [str(Path(sys.executable).with_name("bentoml")), "serve", "generation:TuneshipLM",
@@ -464,7 +476,25 @@ def token_prompts(tokenizer_dir: Path, tokens: int, limit: int = 500) -> list[st
     return prompts
 
 
+def drive_running(args: argparse.Namespace) -> None:
+    """--url: the levels against a service already running (e.g. behind `make monitoring-up`)."""
+    prompts = (token_prompts(args.model_dir, args.prompt_tokens)
+               if args.prompt_tokens and args.model_dir else load_prompts())
+    levels = []
+    for concurrency in args.concurrency:
+        levels.append(asyncio.run(drive_openai(args.url, args.model, prompts, "tuneship",
+                                               concurrency, args.duration, args.max_new_tokens,
+                                               None, args.api_key)))
+        print(f"   c={concurrency:<3} done", flush=True)
+    print(f"\n{args.url} ({args.model}), /v1/completions streamed, greedy, max_tokens "
+          f"{args.max_new_tokens}, {args.duration:.0f} s per level\n")
+    print(openai_report(openai_rows(levels)))
+
+
 def openai_main(args: argparse.Namespace) -> None:
+    if args.url:
+        drive_running(args)
+        return
     bento = args.bento or f"{args.model.lower()}:latest"
     args.log.parent.mkdir(parents=True, exist_ok=True)
     source: dict[str, Path] | None = None
