@@ -488,7 +488,8 @@ def drive_running(args: argparse.Namespace) -> None:
         print(f"   c={concurrency:<3} done", flush=True)
     print(f"\n{args.url} ({args.model}), /v1/completions streamed, greedy, max_tokens "
           f"{args.max_new_tokens}, {args.duration:.0f} s per level\n")
-    print(openai_report(openai_rows(levels)))
+    print(openai_report([{k: v for k, v in row.items() if k != "peak RSS MiB"}
+                         for row in openai_rows(levels)]))
 
 
 def openai_main(args: argparse.Namespace) -> None:

@@ -6,15 +6,15 @@
 #   deploy/monitoring/screenshot.sh [OUT.png] [PROMETHEUS_URL] [RANGE]
 #   RULES="tuneship:request_rate:rate1m ..." deploy/monitoring/screenshot.sh   # other panels
 #
-# Defaults: deploy/monitoring/dashboard.png, http://127.0.0.1:9090, 15m.
+# Defaults: deploy/monitoring/dashboard.png, http://127.0.0.1:9090, 15m (the range shown).
 set -euo pipefail
 
 out=${1:-deploy/monitoring/dashboard.png}
 prom=${2:-http://127.0.0.1:9090}
 range=${3:-15m}
-rules=${RULES:-"tuneship:request_rate:rate1m tuneship:request_latency_seconds:p99_5m
-  tuneship:llm_generation_tokens:rate1m tuneship:llm_ttft_seconds:p50_5m tuneship:llm_running
-  tuneship:llm_queue_depth tuneship:inference_log_written:rate5m"}
+rules=${RULES:-"tuneship:request_rate:rate1m tuneship:llm_generation_tokens:rate1m
+  tuneship:llm_ttft_seconds:p50_5m tuneship:llm_running tuneship:llm_queue_depth
+  tuneship:inference_log_written:rate5m"}
 browser=$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)
 [ -n "$browser" ] || { echo "screenshot: no chromium (apt-get install -y chromium)" >&2; exit 1; }
 curl -fsS "$prom/-/ready" >/dev/null || { echo "screenshot: no Prometheus at $prom (make monitoring-up)" >&2; exit 1; }
@@ -36,7 +36,7 @@ for i, rule in enumerate(rules):
 print(urllib.parse.urlencode(params))
 EOF
 )
-height=$((220 + 420 * $(wc -w <<<"$rules")))
+height=$((160 + 720 * $(wc -w <<<"$rules")))
 mkdir -p "$(dirname "$out")"
 "$browser" --headless --no-sandbox --disable-gpu --hide-scrollbars --no-first-run \
   --window-size=1280,"$height" --virtual-time-budget=20000 \
