@@ -29,9 +29,10 @@ and measured slower here, see bentos/README.md) is a set of left-padded rows wit
   that adapter merged into the base weights (`merge_adapter`), so it costs what the base model
   costs; the merge is undone (`unmerge_adapter`) only when the batch's adapter set changes. A
   batch mixing adapters runs unmerged as one forward with peft's `adapter_names=[...]` per row
-  ("__base__" for the base model). Unmerging restores the base weights saved before the merge,
-  bit for bit (subtracting the delta again leaves rounding behind at every switch, which adds up
-  over a server's life and flips greedy near-ties). `merge_adapters=False` keeps
+  ("__base__" for the base model). Unmerging restores the base weights bit for bit
+  (subtracting the delta again leaves rounding behind at every switch, which adds up over a
+  server's life and flips greedy near-ties): `merge_undo` keeps, per adapter, the original values
+  of just the elements the round trip changes. `merge_adapters=False` keeps
   single-adapter batches unmerged (`set_adapter`); `adapter_mode="grouped"` keeps one batch per
   adapter and runs one forward per group (both kept for A/B measurements);
 - on a CPU, in float32, the weights of the linear layers may be stored transposed
@@ -74,6 +75,7 @@ from typing import Any, Literal
 
 import torch
 from int8_weights import is_int8, quantize_int8
+from merge_undo import MergeUndo, record
 
 log = logging.getLogger("tuneship.engine")
 BASE = "__base__"  # peft's name for "no adapter" in `adapter_names`
@@ -639,7 +641,7 @@ class Engine:
         self.adapters: dict[str, str] = {}
         self._active: str | None = None  # the adapter set with set_adapter (peft)
         self._merged: str | None = None  # the adapter merged into the base weights
-        self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []  # (weight, copy before merge)
+        self._undo: dict[str, MergeUndo] = {}  # per adapter: restores the base after unmerge
         self._adapters_enabled: bool | None = None  # peft's adapter layers on (None: unknown)
         self._cv = threading.Condition()
         self._waiting: collections.deque[_Seq] = collections.deque()
@@ -731,6 +733,7 @@ class Engine:
             self._unmerge()
             self.model.delete_adapter(name)
             del self.adapters[name]
+            self._undo.clear()
             self._active = self._adapters_enabled = None
         self._call(remove)
 
@@ -1078,14 +1081,17 @@ class Engine:
             return True
         self._unmerge()
         self._activate(name)
-        self._saved = [(w, w.detach().clone()) for w in self._merged_weights(name)]
+        undo = self._undo.get(name)
+        if undo is None:  # once per adapter: the base weights always come back the same
+            undo = self._undo[name] = record(self.model, name)
+            self._counters["merge_undo_bytes"] = sum(u.nbytes for u in self._undo.values())
         try:
             self.model.base_model.merge_adapter(adapter_names=[name])
         except Exception as err:  # e.g. a layer type peft cannot merge
             log.warning("adapter %s cannot be merged (%s): serving it unmerged", name, err)
             with contextlib.suppress(Exception):
                 self.model.base_model.unmerge_adapter()
-            self._restore()
+            undo.restore()
             self.merge_adapters = False
             return False
         self._merged = name
@@ -1093,26 +1099,11 @@ class Engine:
         return True
 
     def _unmerge(self) -> None:
+        """Unmerge the merged adapter and put back the base weights bit for bit (merge_undo)."""
         if self._merged is not None:
             self.model.base_model.unmerge_adapter()
-            self._restore()
+            self._undo[self._merged].restore()
             self._merged = None
-
-    def _merged_weights(self, name: str) -> list[torch.Tensor]:
-        """The base-layer parameters merging adapter `name` changes (weights, LoRA biases)."""
-        found: dict[int, torch.Tensor] = {}
-        for module in self.model.modules():
-            if name in getattr(module, "lora_A", {}) or name in getattr(
-                    module, "lora_embedding_A", {}):
-                for param in module.get_base_layer().parameters(recurse=False):
-                    found.setdefault(id(param), param)
-        return list(found.values())
-
-    def _restore(self) -> None:
-        """Put back the base weights saved before the merge (exact, in any dtype)."""
-        for weight, saved in self._saved:
-            weight.data.copy_(saved)
-        self._saved = []
 
     def _sample(self, logits: torch.Tensor, seqs: list[_Seq]) -> list[int]:
         """The next token of each row: penalties, then greedy or temperature + top_p."""
@@ -1265,6 +1256,7 @@ class Engine:
         if self.cpu_weight_layout:
             self._counters["weights_transposed"] += _cpu_weight_layout(self.model)
         self.adapters[name] = str(path)
+        self._undo.clear()  # layers were moved and laid out again: records are rebuilt
         self._active = None
         self._adapters_enabled = None  # new adapter layers start enabled: set it again
         log.info("adapter %s loaded from %s", name, path)
