@@ -18,8 +18,8 @@ them with the machine to benchmarks/results/generate_load.json (`--json`).
 the bento, the bento decoding one request at a time, and `transformers serve
 --continuous-batching` on the same weights (see "The OpenAI routes" below; JSON:
 generate_load_openai.json); with `--url` it drives a service already running instead (no server
-started, no RSS, nothing written: traffic for a dashboard). `--adapter-ab` measures LoRA adapters mixed in one forward against
-one forward per adapter group, in process.
+started, no RSS, nothing written: traffic for a dashboard). `--adapter-ab` measures LoRA
+adapters mixed in one forward against one forward per adapter group, in process.
 
 `--base-dir DIR --adapter-dir DIR` serves a base model folder plus a LoRA adapter without a built
 bento or the registry: the base goes into the BentoML store as a model of its own, this checkout's
@@ -527,6 +527,7 @@ def openai_main(args: argparse.Namespace) -> None:
     (hf_home / "hub").mkdir()  # transformers serve answers 500 without a hub cache folder
     levels: list[StreamLevel] = []
     starts: dict[str, float] = {}
+    dtypes: dict[str, str] = {"transformers-serve": "float32"}
     with contextlib.ExitStack() as servers:  # all up at once; levels interleave the variants
         up = {}
         for variant in args.variants:
@@ -538,6 +539,9 @@ def openai_main(args: argparse.Namespace) -> None:
                 cmd, {**env_all, **env, "HF_HOME": str(hf_home)}, port, log,
                 "/health" if variant == "transformers-serve" else "/readyz", args.ready_timeout))
             up[variant] = (url, proc, str(folder) if variant == "transformers-serve" else ours)
+            if variant != "transformers-serve":
+                dtypes[variant] = served_dtype(url)
+                print(f"   {variant} serves {dtypes[variant]}", flush=True)
         for variant, (url, proc, model) in up.items():  # transformers' CB sets up on first use
             asyncio.run(drive_openai(url, model, prompts, variant, 4, 5, args.max_new_tokens,
                                      proc.pid))
@@ -548,7 +552,8 @@ def openai_main(args: argparse.Namespace) -> None:
                                                        proc.pid)))
             print(f"   c={concurrency:<3} done", flush=True)
     levels.sort(key=lambda lv: args.variants.index(lv.variant))
-    rows = openai_rows(levels)
+    rows = [{"variant": row["variant"], "dtype": dtypes.get(row["variant"], ""),
+             **{k: v for k, v in row.items() if k != "variant"}} for row in openai_rows(levels)]
     shape = (f"{args.prompt_tokens}-token prompts" if args.prompt_tokens
              else "speaker-line prompts")
     print(f"\n{bento}, /v1/completions streamed, greedy, {shape}, max_tokens "
@@ -566,6 +571,14 @@ def openai_main(args: argparse.Namespace) -> None:
         "ready_s": starts}, args.json.with_name("generate_load_openai.json")
         if args.json == results.default_path("generate_load") else args.json)
     print(f"\nwrote {where}")
+
+
+def served_dtype(url: str) -> str:
+    """The dtype (and CPU weight layout) the service chose, from its /model card."""
+    card = httpx.get(f"{url}/model", timeout=10).json().get("served", {}).get("dtype", {})
+    layout = card.get("weight_layout")
+    return f"{card.get('dtype', '?')} ({card.get('chosen_by', '?')}" + (
+        f", {layout})" if layout else ")")
 
 
 def openai_rows(levels: list[StreamLevel]) -> list[dict]:

@@ -1388,15 +1388,18 @@ def choose_layout(model: Any, rounds: int = 3) -> tuple[str, dict[str, dict[str,
 
 
 def choose_dtype(model: Any, requested: str, device: str,
-                 verdicts: dict[str, bool] | None = None) -> tuple[Any, DtypeChoice]:
+                 verdicts: dict[str, bool] | None = None,
+                 adapters: bool = False) -> tuple[Any, DtypeChoice]:
     """`model` (float32) in the dtype to serve, and why.
 
     A pinned dtype (`requested` in DTYPES) is served even if its parity failed (logged).
     `auto`: the candidates are bfloat16 (unless a manifest exists and did not pass it) and int8
     (only where a manifest passed it: a quantization is served only with its perplexity
-    checked). On a GPU bfloat16 if it is a candidate; on a CPU each candidate's decode steps are
-    timed against float32's, and the fastest that is no slower at any timed batch size and
-    MIN_GAIN faster on the geometric mean is served, else float32.
+    checked, and only when no adapter is served: `adapters` True means LoRA adapters will run
+    on this model, and over int8 weights they cannot be merged). On a GPU bfloat16 if it is a
+    candidate; on a CPU each candidate's decode steps are timed against float32's, and the
+    fastest that is no slower at any timed batch size and MIN_GAIN faster on the geometric mean
+    is served, else float32.
     """
     if requested != AUTO and requested not in DTYPES:
         raise ValueError(f"llm_dtype must be auto or one of {', '.join(DTYPES)} (got "
@@ -1405,15 +1408,22 @@ def choose_dtype(model: Any, requested: str, device: str,
         return _pinned(model, requested, device, verdicts)
     candidates = [d for d in ("bfloat16", "int8")
                   if (verdicts.get(d, False) if verdicts is not None else d == "bfloat16")]
+    left_out = ""
+    if adapters and "int8" in candidates:
+        candidates.remove("int8")
+        left_out = ("; int8 passed but is left out: adapters are served, and over int8 weights "
+                    "their LoRA runs unmerged (pin llm_dtype: int8 to serve it anyway)")
     if device != "cpu" and "bfloat16" in candidates:
         return _cast(model, "bfloat16"), DtypeChoice("bfloat16", "device",
                                                      f"bfloat16 on {device}", verdicts=verdicts)
     layout, layouts = choose_layout(model) if device == "cpu" else (None, {})
     if device != "cpu" or not candidates:
         why = ("bfloat16 has no passed parity in the model's runtimes/manifest.json (int8 is a "
-               "CPU candidate)" if device != "cpu" else "neither bfloat16 nor int8 has a passed "
-               "parity in the model's runtimes/manifest.json")
-        return model, DtypeChoice("float32", "manifest", why, verdicts=verdicts,
+               "CPU candidate)" if device != "cpu" else
+               "bfloat16 has no passed parity in the model's runtimes/manifest.json" if left_out
+               else "neither bfloat16 nor int8 has a passed parity in the model's "
+               "runtimes/manifest.json")
+        return model, DtypeChoice("float32", "manifest", why + left_out, verdicts=verdicts,
                                   weight_layout=layout, layout_timings_ms=layouts)
     built = {d: _cast(copy.deepcopy(model), d) for d in candidates}
     timings = time_dtypes({"float32": model, **built})  # float32 as the engine would serve it
@@ -1424,6 +1434,7 @@ def choose_dtype(model: Any, requested: str, device: str,
                        f"{', '.join(f'{k} {v:.2f}x' for k, v in ratios[d].items())}"
                        for d in candidates)
     reason += f" (needs >= 1 at each and a geometric mean >= {MIN_GAIN}x; the fastest wins)"
+    reason += left_out
     if chosen != "float32":
         return built[chosen], DtypeChoice(chosen, "timing", reason, timings, verdicts)
     return model, DtypeChoice(chosen, "timing", reason, timings, verdicts, layout, layouts)

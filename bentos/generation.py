@@ -443,19 +443,20 @@ class TuneshipLM:
         key, meta = primary()
         if not gpu:
             torch.set_num_threads(torch_threads())  # the engine's threads, for the timing
+        local = adapter_sources(os.environ.get("TUNESHIP_LLM_ADAPTERS", ""))
+        adapters = {name: adapter_folder(where) for name, where in local.items()}
+        adapters |= {follow.engine_name(k): adapter_folder(tag)
+                     for k, tag in ARGS.llm_adapters.items()}
         model, self.dtype_choice = choose_dtype(
             model, setting("dtype", ARGS.llm_dtype, str), self.device,
-            manifest_verdicts(runtime_folders(key)))
+            manifest_verdicts(runtime_folders(key)),
+            adapters=bool(adapters or platform_mode.follow_refs(ARGS.llm_follow)))
         dtype_name = self.dtype_choice.dtype
         DTYPE_INFO.labels(dtype=dtype_name, chosen_by=self.dtype_choice.chosen_by).set(1)
         self.adapter = None if key is None else follow.engine_name(key)
         self.template: str | None = meta.get("prompt_template")
         self.defaults = meta.get("generation", {})
         base = base_card()
-        local = adapter_sources(os.environ.get("TUNESHIP_LLM_ADAPTERS", ""))
-        adapters = {name: adapter_folder(where) for name, where in local.items()}
-        adapters |= {follow.engine_name(k): adapter_folder(tag)
-                     for k, tag in ARGS.llm_adapters.items()}
         self.engine = Engine(
             model, self.tokenizer, adapters, device=self.device, dtype=self.dtype_choice.engine_dtype,
             kv_budget_tokens=setting("kv_budget", 65536 if gpu else 8192),

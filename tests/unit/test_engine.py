@@ -728,3 +728,14 @@ def test_choose_dtype_int8_pinned_or_only_where_the_manifest_passed_it(tokenizer
     assert int8_weights.is_int8(model) == faster
     _, choice = choose(tiny_llama(tokenizer, hidden=64), "auto", "cuda", {"int8": True})
     assert (choice.dtype, choice.chosen_by) == ("float32", "manifest")  # bf16 failed: no GPU int8
+    # adapters run unmerged over int8 weights: with adapters served, auto leaves int8 out
+    model, choice = choose(tiny_llama(tokenizer, hidden=64), "auto", "cpu",
+                           {"bfloat16": False, "int8": True}, adapters=True)
+    assert (choice.dtype, choice.chosen_by) == ("float32", "manifest")
+    assert "int8 passed but is left out: adapters are served" in choice.reason
+    assert not int8_weights.is_int8(model)
+    _, choice = choose(tiny_llama(tokenizer, hidden=64), "auto", "cpu",
+                       {"bfloat16": True, "int8": True}, adapters=True)
+    assert set(choice.timings_ms) == {"float32", "bfloat16"} and "left out" in choice.reason
+    model, choice = choose(tiny_llama(tokenizer, hidden=64), "int8", "cpu", adapters=True)
+    assert choice.dtype == "int8" and int8_weights.is_int8(model)  # pinned: served anyway
