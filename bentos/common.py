@@ -7,7 +7,13 @@ import os
 
 import bentoml
 from pydantic import BaseModel, ConfigDict
-from runtime import ServeArgs, device, flag, torch_threads  # noqa: F401  (sets the offline variables)
+from runtime import (  # noqa: F401  (sets the offline variables)
+    ServeArgs,
+    device,
+    flag,
+    release_free_memory,
+    torch_threads,
+)
 
 
 def load_args() -> tuple[ServeArgs, str]:

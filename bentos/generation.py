@@ -45,7 +45,7 @@ import bentoml
 import follow
 import openai_api
 import platform_mode
-from common import ModelRef, device, load_args, stored_card, torch_threads
+from common import ModelRef, device, load_args, release_free_memory, stored_card, torch_threads
 from engine import (
     Engine,
     EngineFull,
@@ -418,6 +418,7 @@ class TuneshipLM:
             fixed=fixed)
         self.engine.generate(Request(self.tokenizer("Hello")["input_ids"] or [0],
                                      SamplingParams(max_tokens=2)), timeout=120)  # warm-up
+        release_free_memory()  # what loading and the dtype/layout timing left behind
         poll = platform_mode.poll_s(setting("registry_poll_s", 0.0, float))
         if poll > 0 and self.follower.refs:
             self.follower.poll(poll)
