@@ -21,8 +21,6 @@ from typing import Any
 
 import torch
 
-INDEX_BYTES = 4  # int32 flat indices (int64 for a matrix of 2**31 elements or more)
-
 
 @dataclass
 class _Sparse:
